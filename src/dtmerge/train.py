@@ -1,0 +1,147 @@
+"""Train one Decision Transformer on one offline dataset (the original DT recipe, made resumable).
+
+AdamW with linear warmup, gradient clipping, action MSE on real (unpadded) tokens; bf16 autocast
+where the hardware has native bf16. Every `save_every` steps the run writes a checkpoint that
+holds the optimizer moments and all RNG states, so `resume=True` ends with exactly the weights an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import write_json
+from dtmerge.checkpoint import CheckpointError, load_checkpoint, load_train_state, read_meta, save_checkpoint
+from dtmerge.data import WindowSampler, load_dataset
+from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.runtime import autocast, pick_device, resolve_precision, seed_everything
+
+
+class ModelShape(BaseModel):
+    """The DT architecture minus the task's state/action sizes (which come from the dataset)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_embd: int = Field(128, gt=0, description="embedding width")
+    n_layer: int = Field(3, gt=0, description="transformer blocks")
+    n_head: int = Field(1, gt=0, description="attention heads")
+    activation: str = Field("relu", description="MLP activation: relu, gelu or gelu_new")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="embedding, attention and residual dropout")
+    context_len: int = Field(20, gt=0, description="K: timesteps per training window")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(description="D4RL .hdf5 file, Minari dataset directory or Minari id")
+    task: str | None = Field(None, description="halfcheetah, hopper or walker2d (default: from the dataset)")
+    out: str = Field("runs/dt", description="run directory (checkpoint/, metrics.jsonl, eval.json)")
+    steps: int = Field(10000, gt=0, description="optimizer steps in total")
+    batch_size: int = Field(64, gt=0, description="windows per step")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate after warmup")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(10000, gt=0, description="linear learning-rate warmup steps")
+    grad_clip: float = Field(0.25, gt=0, description="gradient norm clip")
+    rtg_scale: float = Field(1000.0, gt=0, description="returns-to-go are divided by this")
+    seed: int = Field(0, description="seed for torch, numpy and the window sampler")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    precision: str = Field("auto", description="auto (bf16 where native), bf16 or fp32")
+    log_every: int = Field(100, gt=0, description="steps between metrics lines")
+    save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
+    eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
+    eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
+    model: ModelShape = Field(default_factory=ModelShape)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train, checkpoint to `<out>/checkpoint`, and (if eval_episodes) write `<out>/eval.json`."""
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    if ckpt.exists() and not resume:
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    traj, task = load_dataset(cfg.dataset, cfg.task)
+    state_mean, state_std = traj.state_stats()
+    device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
+                                         **cfg.model.model_dump())).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = WindowSampler(traj, cfg.model.context_len, state_mean, state_std, cfg.rtg_scale,
+                            model.config.max_ep_len, seed=cfg.seed)
+    step = 0
+    if resume and ckpt.exists():
+        step = _restore(ckpt, cfg, model, optim, sampler, device)
+    meta = {"task": task.name, "env_id": task.env_id, "dataset": cfg.dataset,
+            "dataset_attrs": traj.attrs, "state_mean": state_mean.tolist(), "state_std": state_std.tolist(),
+            "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
+            "train_config": cfg.model_dump()}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.model_dump())
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.name}", unit="step", disable=not progress)
+    t_last, step_last = time.perf_counter(), step
+    with open(out / "metrics.jsonl", "a") as log:
+        while step < cfg.steps:
+            batch = sampler.sample(cfg.batch_size, device)
+            lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            with autocast(device, precision):
+                pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                             batch["mask"])
+            loss = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optim.step()
+            step += 1
+            bar.update()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                       "steps_per_s": (step - step_last) / (now - t_last)}
+                t_last, step_last = now, step
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, model, {**meta, "step": step},
+                                _train_state(step, optim, sampler, device))
+    bar.close()
+    if cfg.eval_episodes:
+        from dtmerge.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(ckpt, cfg.eval_episodes, cfg.eval_targets, seed=cfg.seed, device=cfg.device,
+                            precision=cfg.precision, out=out / "eval.json", progress=progress)
+    return ckpt
+
+
+def _train_state(step, optim, sampler, device) -> dict:
+    state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
+             "sampler_rng": sampler.get_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore(ckpt: Path, cfg: TrainConfig, model, optim, sampler, device) -> int:
+    saved = read_meta(ckpt)["train_config"]
+    ignore = {"steps", "device", "log_every", "save_every", "eval_episodes", "eval_targets"}
+    diff = {k: (saved.get(k), v) for k, v in cfg.model_dump().items() if k not in ignore and saved.get(k) != v}
+    if diff:
+        raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
+    loaded, _ = load_checkpoint(ckpt)
+    model.load_state_dict(loaded.state_dict())
+    state = load_train_state(ckpt)
+    optim.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    sampler.set_state(state["sampler_rng"])
+    return int(state["step"])

@@ -1,0 +1,38 @@
+"""Small real data made on the spot: short MuJoCo rollouts written as D4RL HDF5 and as Minari."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dtmerge.data import write_d4rl
+from dtmerge.data.rollout import rollout
+from dtmerge.envs import get_task
+
+torch.set_num_threads(1)
+
+
+def linear_policy(task, seed=0, noise=0.1):
+    """A fixed noisy linear policy: learnable from data, unlike uniform random actions."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1.0 / np.sqrt(task.obs_dim), (task.obs_dim, task.act_dim))
+    return lambda obs: (np.tanh(obs @ w) + noise * rng.normal(size=(len(obs), task.act_dim))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def hopper():
+    return get_task("hopper")
+
+
+@pytest.fixture(scope="session")
+def hopper_traj(hopper):
+    return rollout(hopper, linear_policy(hopper), 3000, seed=0, num_envs=8, progress=False)
+
+
+@pytest.fixture(scope="session")
+def hopper_file(tmp_path_factory, hopper_traj):
+    return write_d4rl(hopper_traj, tmp_path_factory.mktemp("data") / "hopper-linear.hdf5")
+
+
+TINY = {"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10}

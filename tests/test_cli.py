@@ -1,0 +1,52 @@
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from dtmerge.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_train_from_yaml_with_flag_override_then_eval(tmp_path, hopper_file):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"dataset": str(hopper_file), "out": str(tmp_path / "run"), "steps": 50,
+                                   "warmup_steps": 2, "eval_episodes": 0, "device": "cpu",
+                                   "model": {"n_embd": 32, "n_layer": 1}}))
+    r = run("train", "--config", cfg, "--steps", 4, "--n-head", 2, "--quiet")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["model"]["n_head"] == 2 and saved["model"]["n_embd"] == 32
+    out = tmp_path / "eval.json"
+    r = run("eval", tmp_path / "run" / "checkpoint", "--episodes", 2, "--target", 500, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "| hopper | 500 |" in r.output and json.loads(out.read_text())["episodes"] == 2
+
+
+def test_bad_config_is_a_usage_error(tmp_path, hopper_file):
+    r = CliRunner().invoke(main, ["train", "--dataset", str(hopper_file), "--steps", "-3"])
+    assert r.exit_code == 2 and "steps" in r.output and "greater than 0" in r.output
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("dataset: [unclosed")
+    r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
+    assert r.exit_code == 2 and "bad.yaml: cannot read YAML config" in r.output
+
+
+def test_data_info_and_export(tmp_path, hopper_file):
+    r = run("data", "info", hopper_file)
+    info = json.loads(r.output)
+    assert info["transitions"] == 3000 and info["task"] == "hopper"
+    r = run("data", "export", hopper_file, tmp_path / "copy.hdf5")
+    assert r.exit_code == 0 and json.loads(run("data", "info", tmp_path / "copy.hdf5").output)["transitions"] == 3000
+    r = CliRunner().invoke(main, ["data", "export", str(hopper_file), str(hopper_file)])
+    assert r.exit_code == 2 and "refusing to overwrite" in r.output
+
+
+def test_help_explains_every_option():
+    r = run("train", "--help")
+    for flag in ("--dataset", "--steps", "--n-embd", "--context-len", "--resume", "--precision"):
+        line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(flag))
+        assert len(line.split(maxsplit=2)) == 3, line  # every option carries a help text

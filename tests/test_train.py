@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import TINY
+from dtmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dtmerge.evaluate import evaluate, evaluate_checkpoint
+from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.train import TrainConfig, train
+
+
+def _cfg(data, out, **kw):
+    base = dict(dataset=str(data), out=str(out), steps=6, warmup_steps=2, batch_size=16, log_every=1,
+                save_every=3, eval_episodes=0, precision="fp32", device="cpu", model=TINY)
+    return TrainConfig(**{**base, **kw})
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
+
+
+def test_training_lowers_the_loss(tmp_path, hopper_file):
+    train(_cfg(hopper_file, tmp_path / "run", steps=150, warmup_steps=10, lr=1e-3, batch_size=32), progress=False)
+    loss = _losses(tmp_path / "run")
+    assert np.mean(loss[-20:]) < 0.5 * np.mean(loss[:5]), (loss[:5], loss[-20:])
+
+
+def test_resume_ends_with_the_same_weights(tmp_path, hopper_file):
+    straight = train(_cfg(hopper_file, tmp_path / "a"), progress=False)
+    train(_cfg(hopper_file, tmp_path / "b", steps=3), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(hopper_file, tmp_path / "b"), progress=False)
+    resumed = train(_cfg(hopper_file, tmp_path / "b"), resume=True, progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    with pytest.raises(CheckpointError, match="config differs"):
+        train(_cfg(hopper_file, tmp_path / "b", lr=5e-4, steps=9), resume=True, progress=False)
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, hopper_file):
+    runs = [train(_cfg(hopper_file, tmp_path / f"r{i}", steps=3, seed=s), progress=False)
+            for i, s in enumerate((1, 1, 2))]
+    w = [load_file(r / "model.safetensors")["transformer.h.0.attn.c_attn.weight"] for r in runs]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    save_checkpoint(tmp_path / "ck", model, {"task": "hopper", "state_mean": [0.0] * 11, "state_std": [1.0] * 11})
+    loaded, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["task"] == "hopper" and meta["config"] == model.config.model_dump()
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    save_checkpoint(tmp_path / "ck", loaded, {"task": "hopper"})  # overwrite in place works
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    ck = save_checkpoint(tmp_path / "ck", model, {"task": "hopper"})
+    weights = ck / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+        load_checkpoint(ck)
+    tensors = load_file_bytes(good)
+    tensors["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(3, 3)
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match=r"transformer.h.0.mlp.c_fc.weight has shape \(3, 3\)"):
+        load_checkpoint(ck)
+    tensors.pop("transformer.h.0.mlp.c_fc.weight")
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointError, match="missing: \\['transformer.h.0.mlp.c_fc.weight'\\]"):
+        load_checkpoint(ck)
+    (ck / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json: not valid JSON"):
+        load_checkpoint(ck)
+    (ck / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="meta.json: file not found"):
+        load_checkpoint(ck)
+
+
+def load_file_bytes(data: bytes):
+    from safetensors.torch import load
+
+    return dict(load(data))
+
+
+def test_evaluation_is_deterministic_and_counts_exactly_n_episodes(hopper):
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    mean, std = np.zeros(11), np.ones(11)
+    kw = dict(targets=[3600, 1800], episodes=5, device="cpu", precision="fp32", progress=False)
+    a = evaluate(model, hopper, mean, std, seed=7, **kw)
+    b = evaluate(model, hopper, mean, std, seed=7, **kw)
+    c = evaluate(model, hopper, mean, std, seed=8, **kw)
+    assert a["targets"] == b["targets"]
+    assert a["targets"][0]["returns"] != c["targets"][0]["returns"]
+    for t in a["targets"]:
+        assert len(t["returns"]) == 5 and len(t["lengths"]) == 5
+        assert t["score_mean"] == pytest.approx(np.mean(hopper.normalized_score(np.array(t["returns"]))))
+        assert t["return_stderr"] == pytest.approx(np.std(t["returns"], ddof=1) / np.sqrt(5))
+
+
+def test_evaluation_matches_one_episode_at_a_time(hopper):
+    """Batching must not change results: each episode equals its own unbatched rollout."""
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    mean, std = np.zeros(11), np.ones(11)
+    kw = dict(targets=[3600], device="cpu", precision="fp32", progress=False)
+    batched = evaluate(model, hopper, mean, std, episodes=3, seed=0, **kw)["targets"][0]
+    for i in range(3):
+        single = evaluate(model, hopper, mean, std, episodes=1, seed=i, **kw)["targets"][0]
+        assert single["lengths"][0] == batched["lengths"][i]
+        assert single["returns"][0] == pytest.approx(batched["returns"][i], rel=1e-5)
+
+
+def test_train_writes_eval_json(tmp_path, hopper_file):
+    ck = train(_cfg(hopper_file, tmp_path / "run", steps=2, eval_episodes=2, eval_targets=[1000.0]),
+               progress=False)
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["score"] == "D4RL-normalised (-v5)" and result["targets"][0]["target"] == 1000.0
+    again = evaluate_checkpoint(ck, episodes=2, targets=[1000.0], precision="fp32", device="cpu", progress=False)
+    assert again["targets"] == result["targets"]
