@@ -36,3 +36,27 @@ def hopper_file(tmp_path_factory, hopper_traj):
 
 
 TINY = {"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10}
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory, hopper_file):
+    """D4RL files for all three tasks (hopper's is the 3000-step one above)."""
+    out = {"hopper": hopper_file}
+    root = tmp_path_factory.mktemp("tasks")
+    for name in ("walker2d", "halfcheetah"):
+        task = get_task(name)
+        out[name] = write_d4rl(rollout(task, linear_policy(task), 2000, seed=0, num_envs=4, progress=False),
+                               root / f"{name}-linear.hdf5")
+    return out
+
+
+@pytest.fixture(scope="session")
+def task_models(tmp_path_factory, task_files):
+    """One tiny trained checkpoint per task."""
+    from dtmerge.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("models")
+    return {name: train(TrainConfig(dataset=str(path), out=str(root / name), steps=4, warmup_steps=2,
+                                    batch_size=8, eval_episodes=0, device="cpu", precision="fp32",
+                                    seed=i, model=TINY), progress=False)
+            for i, (name, path) in enumerate(task_files.items())}

@@ -83,3 +83,16 @@ def test_bad_configs_are_rejected():
         DTConfig(state_dim=3, act_dim=2, n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="activation"):
         DTConfig(state_dim=3, act_dim=2, activation="geglu")
+
+
+def test_explicit_attention_equals_sdpa():
+    import torch.nn.functional as F
+
+    from dtmerge.model.gpt import explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 12, 8, generator=g) for _ in range(3))
+    mask = torch.ones(12, 12, dtype=torch.bool).tril() & (torch.rand(2, 1, 12, 12, generator=g) > 0.3)
+    mask |= torch.eye(12, dtype=torch.bool)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask, 0.0, False),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask))

@@ -26,10 +26,12 @@ def _click_type(annotation):
     return (base if base in (int, float, str, bool) else str), False
 
 
-def pydantic_options(model: type[BaseModel], nested: tuple[str, ...] = ()):
+def pydantic_options(model: type[BaseModel], nested: tuple[str, ...] = (), skip: tuple[str, ...] = ()):
     """Decorator adding one `--flag` per field of `model` (and of the nested models named)."""
     fields = []
     for name, field in model.model_fields.items():
+        if name in skip:
+            continue
         if name in nested:
             fields += list(field.annotation.model_fields.items())
         else:

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -55,6 +56,10 @@ class TrainConfig(BaseModel):
     eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
     eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
     model: ModelShape = Field(default_factory=ModelShape)
+    init: str | None = Field(None, description="start from this checkpoint (its architecture and state "
+                                               "normalisation are kept) instead of a random init")
+    freeze: list[str] = Field(default_factory=list, description="selector of parameters to keep fixed "
+                                                                 "(groups such as attn, mlp; globs; '!item')")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -64,22 +69,26 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
     traj, task = load_dataset(cfg.dataset, cfg.task)
-    state_mean, state_std = traj.state_stats()
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
-                                         **cfg.model.model_dump())).to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = WindowSampler(traj, cfg.model.context_len, state_mean, state_std, cfg.rtg_scale,
+    model, state_mean, state_std, init_meta = _initial_model(cfg, traj, task)
+    model.to(device)
+    frozen = set(_resolve_freeze(cfg.freeze, model))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = WindowSampler(traj, model.config.context_len, state_mean, state_std, cfg.rtg_scale,
                             model.config.max_ep_len, seed=cfg.seed)
     step = 0
     if resume and ckpt.exists():
         step = _restore(ckpt, cfg, model, optim, sampler, device)
     meta = {"task": task.name, "env_id": task.env_id, "dataset": cfg.dataset,
-            "dataset_attrs": traj.attrs, "state_mean": state_mean.tolist(), "state_std": state_std.tolist(),
+            "dataset_attrs": traj.attrs, "state_mean": np.asarray(state_mean).tolist(),
+            "state_std": np.asarray(state_std).tolist(),
             "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
-            "train_config": cfg.model_dump()}
+            "train_config": cfg.model_dump(), "frozen": sorted(frozen), **init_meta}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.model_dump())
 
@@ -98,7 +107,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             loss = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optim.step()
             step += 1
             bar.update()
@@ -120,6 +129,33 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         evaluate_checkpoint(ckpt, cfg.eval_episodes, cfg.eval_targets, seed=cfg.seed, device=cfg.device,
                             precision=cfg.precision, out=out / "eval.json", progress=progress)
     return ckpt
+
+
+def _initial_model(cfg: TrainConfig, traj, task):
+    """A fresh DT, or the `init` checkpoint's; plus the state statistics and the init's trunk hash."""
+    from dtmerge.merge.engine import trunk_sha256
+
+    if cfg.init is None:
+        model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
+                                             **cfg.model.model_dump()))
+        state_mean, state_std = traj.state_stats()
+        init_meta = {"init": "random"}
+    else:
+        model, meta = load_checkpoint(cfg.init)
+        if meta["task"] != task.name:
+            raise CheckpointError(f"{cfg.init}: init checkpoint is for {meta['task']}, the dataset for {task.name}")
+        state_mean, state_std = (np.asarray(meta[k], np.float32) for k in ("state_mean", "state_std"))
+        init_meta = {"init": str(cfg.init)}
+    init_meta["init_trunk_sha256"] = trunk_sha256(model.state_dict())
+    return model, state_mean, state_std, init_meta
+
+
+def _resolve_freeze(selector: list[str], model) -> list[str]:
+    if not selector:
+        return []
+    from dtmerge.merge.selectors import resolve
+
+    return resolve(selector, model.parameter_groups(), [n for n, _ in model.named_parameters()])
 
 
 def _train_state(step, optim, sampler, device) -> dict:

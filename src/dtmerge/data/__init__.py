@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dtmerge.data.d4rl import read_d4rl, write_d4rl
+from dtmerge.data.make import make_dataset, parse_id
 from dtmerge.data.minari import find_minari_dir, read_minari, write_minari
 from dtmerge.data.sampler import WindowSampler
 from dtmerge.data.trajectories import DatasetError, Trajectories
@@ -15,7 +16,10 @@ __all__ = ["DatasetError", "Trajectories", "WindowSampler", "load_dataset", "rea
 
 
 def load_dataset(spec, task: str | Task | None = None) -> tuple[Trajectories, Task]:
-    """Load a dataset given as a D4RL `.hdf5` path, a Minari directory, or a Minari id.
+    """Load a dataset given as a D4RL `.hdf5` path, a Minari directory or id, or a made-dataset id.
+
+    Ids like `hopper-medium` or `hopper-medium-50000` name datasets made from the shipped behaviour
+    policies; they are made (and cached under $DTMERGE_HOME) on first use.
 
     The task comes from `task`, else the dataset's metadata, else a file name that starts with a
     task name (`hopper-medium-v2.hdf5`). The dataset is checked against the task's sizes.
@@ -25,9 +29,11 @@ def load_dataset(spec, task: str | Task | None = None) -> tuple[Trajectories, Ta
         traj = read_d4rl(path)
     elif find_minari_dir(spec) is not None:
         traj = read_minari(spec)
+    elif parse_id(str(spec)) is not None:
+        traj = read_d4rl(make_dataset(str(spec)))
     else:
         raise DatasetError(spec, "not found: expected a D4RL .hdf5 file, a Minari dataset directory, "
-                           "or a Minari dataset id under MINARI_DATASETS_PATH")
+                           "a Minari dataset id under MINARI_DATASETS_PATH, or an id like hopper-medium")
     if isinstance(task, str):
         task = get_task(task)
     if task is None:

@@ -33,6 +33,15 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
 
 
+def explicit_attention(q, k, v, attn_mask, dropout: float, training: bool):
+    """softmax(QK^T / sqrt(d)) V written out. On CPU this is 1.1-4x faster than
+    `scaled_dot_product_attention` at DT sizes (60 tokens; 4x in bf16, benchmarks/README), so
+    CPU runs use it and CUDA runs use SDPA; both compute the same function (tests/test_model.py)."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    att = torch.softmax(att.masked_fill(~attn_mask, float("-inf")), dim=-1)
+    return F.dropout(att, dropout, training) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float):
         super().__init__()
@@ -48,8 +57,13 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if attn_mask is None:
+            attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        p = self.dropout if self.training else 0.0
+        if x.is_cuda:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        else:
+            y = explicit_attention(q, k, v, attn_mask, p, self.training)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -107,7 +121,7 @@ class GPT(nn.Module):
         read by a real token).
         """
         attn_mask = None
-        if key_mask is not None and not bool(key_mask.all()):
+        if key_mask is not None:
             T = x.shape[1]
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             eye = torch.eye(T, dtype=torch.bool, device=x.device)

@@ -1,0 +1,26 @@
+# `make demo` and `make test` each set up their own virtualenv first (torch from the local CPU wheel).
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[test,collect]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dtmerge demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/eval_speed.py
+	$(PY) benchmarks/make_speed.py
+
+clean:
+	rm -rf $(VENV) demo-out

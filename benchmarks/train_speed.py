@@ -1,0 +1,107 @@
+"""Training steps/s: dtmerge (vectorised window sampler, bf16 autocast where native) against a
+baseline written the way the original DT code works (per-sample Python loop that rebuilds the
+returns-to-go for every window, fp32). Same model (embed 128, 3 layers, 1 head), batch 64, K 20.
+
+    python benchmarks/train_speed.py [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from common import report
+from dtmerge.data import WindowSampler
+from dtmerge.data.rollout import random_policy, rollout
+from dtmerge.envs import get_task
+from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.runtime import autocast, resolve_precision
+
+
+def original_get_batch(trajs, p, batch_size, K, mean, std, rng, scale=1000.0, max_ep_len=1000):
+    """kzl/decision-transformer gym/experiment.py get_batch, nearly verbatim."""
+    s, a, rtg, timesteps, mask = [], [], [], [], []
+    idx = rng.choice(len(trajs), size=batch_size, p=p)
+    for i in idx:
+        traj = trajs[i]
+        si = rng.integers(0, traj["rewards"].shape[0])
+        s.append(traj["observations"][si:si + K].reshape(1, -1, mean.shape[0]))
+        a.append(traj["actions"][si:si + K].reshape(1, -1, traj["actions"].shape[1]))
+        timesteps.append(np.arange(si, si + s[-1].shape[1]).reshape(1, -1))
+        timesteps[-1][timesteps[-1] >= max_ep_len] = max_ep_len - 1
+        rew = traj["rewards"][si:]
+        cums = np.zeros_like(rew)  # discount_cumsum(gamma=1) over the rest of the trajectory
+        cums[-1] = rew[-1]
+        for t in reversed(range(rew.shape[0] - 1)):
+            cums[t] = rew[t] + cums[t + 1]
+        rtg.append(cums[:s[-1].shape[1] + 1].reshape(1, -1, 1))
+        if rtg[-1].shape[1] <= s[-1].shape[1]:
+            rtg[-1] = np.concatenate([rtg[-1], np.zeros((1, 1, 1))], axis=1)
+        tlen = s[-1].shape[1]
+        s[-1] = np.concatenate([np.zeros((1, K - tlen, mean.shape[0])), s[-1]], axis=1)
+        s[-1] = (s[-1] - mean) / std
+        a[-1] = np.concatenate([np.ones((1, K - tlen, a[-1].shape[2])) * -10.0, a[-1]], axis=1)
+        rtg[-1] = np.concatenate([np.zeros((1, K - tlen, 1)), rtg[-1]], axis=1) / scale
+        timesteps[-1] = np.concatenate([np.zeros((1, K - tlen)), timesteps[-1]], axis=1)
+        mask.append(np.concatenate([np.zeros((1, K - tlen)), np.ones((1, tlen))], axis=1))
+    f = lambda x, dt=torch.float32: torch.from_numpy(np.concatenate(x, axis=0)).to(dt)  # noqa: E731
+    return {"states": f(s), "actions": f(a), "returns_to_go": f(rtg)[:, :-1], "timesteps": f(timesteps, torch.long),
+            "mask": f(mask, torch.bool)}
+
+
+def time_steps(model, get_batch, precision, steps, warmup=5):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    device = torch.device("cpu")
+    times, sample_times = [], []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        b = get_batch()
+        t1 = time.perf_counter()
+        with autocast(device, precision):
+            pred = model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+        loss = ((pred.float() - b["actions"]) ** 2)[b["mask"]].mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            sample_times.append(t1 - t0)
+    return {"steps_per_s": len(times) / sum(times), "ms_per_step": 1000 * np.median(times),
+            "ms_batch_building": 1000 * np.median(sample_times), "precision": precision}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+    task = get_task("halfcheetah")
+    traj = rollout(task, random_policy(task, 0), 100_000, seed=0, progress=False)
+    mean, std = traj.state_stats()
+    trajs = [{"observations": traj.observations[s:s + n], "actions": traj.actions[s:s + n],
+              "rewards": traj.rewards[s:s + n]} for s, n in zip(traj.starts, traj.lengths)]
+    p = traj.lengths / traj.lengths.sum()
+    cfg = DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    baseline = time_steps(DecisionTransformer(cfg).train(),
+                          lambda: original_get_batch(trajs, p, 64, 20, mean, std, rng), "fp32", args.steps)
+    sampler = WindowSampler(traj, 20, mean, std, seed=0)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    torch.manual_seed(0)
+    ours = time_steps(DecisionTransformer(cfg).train(), lambda: sampler.sample(64), precision, args.steps)
+    torch.manual_seed(0)
+    ours_fp32 = time_steps(DecisionTransformer(cfg).train(), lambda: sampler.sample(64), "fp32", args.steps)
+    report("train_speed", {
+        "what": "DT training steps/s, batch 64, K 20, embed 128, 3 layers, halfcheetah 100k transitions",
+        "baseline_original_loop_fp32": baseline, "dtmerge": ours, "dtmerge_fp32": ours_fp32,
+        "speedup": ours["steps_per_s"] / baseline["steps_per_s"],
+        "speedup_sampler_only_fp32": ours_fp32["steps_per_s"] / baseline["steps_per_s"],
+        "target": ">= 2x"})
+
+
+if __name__ == "__main__":
+    main()

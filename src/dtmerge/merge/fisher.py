@@ -1,0 +1,133 @@
+"""Diagonal Fisher information of a DT's trunk, computed once and stored beside its checkpoint.
+
+Estimators (the model is in eval mode; padded tokens are masked out):
+  exact      Fisher of the Gaussian policy N(mu(x), I) over its action means, per window x:
+             F = E_x sum_{t,k} (d mu_tk / d theta)^2 — the expectation over actions is taken in
+             closed form (Matena & Raffel, 2022). Costs K x act_dim backward passes per window.
+  empirical  per-window squared gradient of the log-likelihood of the dataset's actions,
+             E_x (d/dtheta 0.5 ||a - mu(x)||^2)^2.
+  batch      the original code's estimate: squared gradients of the batch-mean MSE, summed over
+             batches and divided by the number of action tokens (for comparison only).
+Per-window gradients are vectorised with torch.func (vmap over windows, jacrev over outputs).
+Files: `<checkpoint>/fisher.safetensors` (one tensor per trunk parameter) and `fisher.json`
+(estimator, data, sizes, seed, and the SHA-256 of the model file it belongs to).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import atomic_path, read_json, write_json
+from dtmerge.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from dtmerge.data import WindowSampler, load_dataset
+
+ESTIMATORS = ("exact", "empirical", "batch")
+BATCH_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """Sum over the windows of `batch` of each window's diagonal Fisher (batch: its own estimate)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    trunk = {n: params[n] for n in names}
+    rest = {n: p for n, p in params.items() if n not in trunk}
+    args = tuple(batch[k] for k in BATCH_KEYS)
+
+    if estimator == "batch":
+        model.zero_grad(set_to_none=True)
+        pred = model(*args)
+        loss = ((pred - batch["actions"]) ** 2)[batch["mask"]].mean()
+        grads = torch.autograd.grad(loss, [dict(model.named_parameters())[n] for n in names])
+        return {n: g.detach() ** 2 for n, g in zip(names, grads)}
+
+    def mean_action(tp, s, a, r, t, m):
+        out = functional_call(model, {**rest, **tp}, (s[None], a[None], r[None], t[None], m[None]))[0]
+        return out * m[:, None]  # padded tokens contribute nothing
+
+    if estimator == "empirical":
+        def per_window(tp, s, a, r, t, m):
+            g = grad(lambda tp: 0.5 * ((mean_action(tp, s, a, r, t, m) - a * m[:, None]) ** 2).sum())(tp)
+            return {n: v ** 2 for n, v in g.items()}
+        chunk = None  # all windows at once: fastest, memory is windows x parameters
+    elif estimator == "exact":
+        def per_window(tp, s, a, r, t, m):
+            jac = jacrev(mean_action)(tp, s, a, r, t, m)  # name -> (K, act_dim, *shape)
+            return {n: (j ** 2).sum((0, 1)) for n, j in jac.items()}
+        chunk = 2  # memory is chunk x K x act_dim x parameters
+    else:
+        raise ValueError(f"unknown Fisher estimator {estimator!r}; estimators: {', '.join(ESTIMATORS)}")
+    per = vmap(per_window, in_dims=(None, 0, 0, 0, 0, 0), chunk_size=chunk)(trunk, *args)
+    return {n: v.sum(0) for n, v in per.items()}
+
+
+def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exact", batches: int = 4,
+                   batch_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
+    """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on)."""
+    checkpoint = Path(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    dataset = dataset or meta.get("dataset")
+    if not dataset:
+        raise CheckpointError(f"{checkpoint}: no dataset recorded; pass --dataset")
+    traj, task = load_dataset(dataset, meta["task"])
+    sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"],
+                            meta.get("rtg_scale", 1000.0), model.config.max_ep_len, seed=seed)
+    names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
+    total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
+    windows = tokens = 0
+    for _ in tqdm(range(batches), desc=f"fisher {estimator}", disable=not progress):
+        batch = sampler.sample(batch_size)
+        for n, v in fisher_terms(model, batch, estimator, names).items():
+            total[n] += v.double()
+        windows += batch_size
+        tokens += int(batch["mask"].sum())
+    denom = tokens if estimator == "batch" else windows
+    fisher = {n: (v / denom).float() for n, v in total.items()}
+    with atomic_path(checkpoint / "fisher.safetensors") as tmp:
+        from safetensors.torch import save_file
+
+        save_file(fisher, tmp)
+    write_json(checkpoint / "fisher.json", {
+        "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
+        "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
+        "normalised_by": "action tokens" if estimator == "batch" else "windows",
+        "model_sha256": file_sha256(checkpoint / "model.safetensors"),
+        "tensors": sorted(fisher), "total": float(sum(v.double().sum() for v in fisher.values()))})
+    return checkpoint / "fisher.safetensors"
+
+
+def read_fisher_meta(checkpoint) -> dict:
+    """fisher.json of a checkpoint, checked to belong to that checkpoint's weights."""
+    checkpoint = Path(checkpoint)
+    try:
+        meta = read_json(checkpoint / "fisher.json")
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint / 'fisher.json'}: file not found; compute it first with "
+                              f"`dtmerge fisher {checkpoint}`") from None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if meta.get("model_sha256") != file_sha256(checkpoint / "model.safetensors"):
+        raise CheckpointError(f"{checkpoint / 'fisher.safetensors'} does not fit this checkpoint: it was "
+                              f"computed for other weights (model_sha256 differs); recompute it")
+    tensors = read_tensors(checkpoint / "fisher.safetensors")
+    if sorted(tensors) != meta.get("tensors"):
+        raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: tensors differ from fisher.json's list")
+    model_tensors = read_tensors(checkpoint / "model.safetensors")
+    for n, t in tensors.items():
+        if n not in model_tensors or model_tensors[n].shape != t.shape:
+            raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: {n} does not fit the model's tensors")
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: {n} has negative or non-finite values")
+    return meta
