@@ -50,3 +50,16 @@ def test_help_explains_every_option():
     for flag in ("--dataset", "--steps", "--n-embd", "--context-len", "--resume", "--precision"):
         line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(flag))
         assert len(line.split(maxsplit=2)) == 3, line  # every option carries a help text
+
+
+def test_shipped_config_files_are_valid():
+    from pathlib import Path
+
+    from dtmerge.merge.engine import load_merge_config
+    from dtmerge.merge.mff import MFFConfig
+    from dtmerge.train import TrainConfig
+
+    root = Path(__file__).parent.parent / "configs"
+    TrainConfig(**yaml.safe_load((root / "train-hopper.yaml").read_text()))
+    assert load_merge_config(root / "merge-attention-swap.yaml").params == {"alpha": 1.0}
+    assert MFFConfig(**yaml.safe_load((root / "mff-fisher.yaml").read_text())).merge.method == "fisher"

@@ -214,7 +214,7 @@ def test_perturbations(tmp_path, task_models):
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
     # "remove" = residual only: same outputs as a model whose attention sublayers return zero
     for block in model.transformer.h:
-        block.attn.forward = lambda x, attn_mask=None: torch.zeros_like(x)
+        block.attn.forward = lambda x, attn_mask=None, keep=None: torch.zeros_like(x if keep is None else x[:, keep])
     x = (torch.randn(2, 10, 11), torch.randn(2, 10, 3), torch.randn(2, 10, 1), torch.randint(0, 100, (2, 10)))
     torch.testing.assert_close(removed.eval()(*x), model.eval()(*x))
     with pytest.raises(ValueError, match="attention tensors only"):

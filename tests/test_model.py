@@ -96,3 +96,13 @@ def test_explicit_attention_equals_sdpa():
     mask |= torch.eye(12, dtype=torch.bool)
     torch.testing.assert_close(explicit_attention(q, k, v, mask, 0.0, False),
                                F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+def test_last_only_equals_the_last_full_prediction(model):
+    s, a, r, t = _inputs(model.config)
+    mask = torch.ones(s.shape[:2], dtype=torch.bool)
+    mask[0, :2] = False
+    full = model(s, a, r, t, mask)
+    last = model(s, a, r, t, mask, last_only=True)
+    assert last.shape == (3, 1, 3)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)

@@ -57,16 +57,18 @@ def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, 
 
 @main.command("demo")
 @click.option("--out", default="demo-out", help="output directory (runs, results.json, results.md)")
-@click.option("--steps", default=1000, help="DT training steps per task")
+@click.option("--steps", default=600, help="DT training steps per task")
+@click.option("--finetune-steps", default=300, help="MFF finetuning steps per task")
 @click.option("--transitions", default=50_000, help="size of each task's medium dataset")
-@click.option("--episodes", default=10, help="evaluation episodes per task")
+@click.option("--episodes", default=10, help="evaluation episodes per task and model")
 @click.option("--seed", default=0, help="seed for data, training and evaluation")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def demo_cmd(out, steps, transitions, episodes, seed, quiet):
-    """The main job on made-on-the-spot data: zoo datasets, one DT per task, MuJoCo scores."""
+def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, quiet):
+    """The main job on made-on-the-spot data: zoo datasets, one DT per task, an attention swap,
+    a Fisher Merge-Freeze-Finetune bundle, MuJoCo scores."""
     from dtmerge.demo import run_demo
 
-    click.echo(run_demo(out, steps, transitions, episodes, seed, progress=not quiet)["table"])
+    click.echo(run_demo(out, steps, finetune_steps, transitions, episodes, seed, progress=not quiet)["table"])
 
 
 @main.command("merge")

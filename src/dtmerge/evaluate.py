@@ -91,7 +91,7 @@ class DTPolicy:
         lo = max(0, t - self.K + 1)
         with torch.inference_mode(), autocast(self.device, self.precision):
             pred = self.model(self.states[idx, lo:t + 1], self.actions[idx, lo:t + 1], self.rtg[idx, lo:t + 1],
-                              self.timesteps[lo:t + 1].expand(len(idx), -1))[:, -1].float()
+                              self.timesteps[lo:t + 1].expand(len(idx), -1), last_only=True)[:, -1].float()
         self.actions[idx, t] = pred
         return pred.cpu().numpy()
 

@@ -23,7 +23,9 @@ from torch.func import functional_call, grad, jacrev, vmap
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_path, read_json, write_json
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from safetensors import SafetensorError, safe_open
+
+from dtmerge.checkpoint import CheckpointError, load_checkpoint
 from dtmerge.data import WindowSampler, load_dataset
 
 ESTIMATORS = ("exact", "empirical", "batch")
@@ -121,13 +123,18 @@ def read_fisher_meta(checkpoint) -> dict:
     if meta.get("model_sha256") != file_sha256(checkpoint / "model.safetensors"):
         raise CheckpointError(f"{checkpoint / 'fisher.safetensors'} does not fit this checkpoint: it was "
                               f"computed for other weights (model_sha256 differs); recompute it")
-    tensors = read_tensors(checkpoint / "fisher.safetensors")
-    if sorted(tensors) != meta.get("tensors"):
-        raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: tensors differ from fisher.json's list")
-    model_tensors = read_tensors(checkpoint / "model.safetensors")
-    for n, t in tensors.items():
-        if n not in model_tensors or model_tensors[n].shape != t.shape:
-            raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: {n} does not fit the model's tensors")
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise CheckpointError(f"{checkpoint / 'fisher.safetensors'}: {n} has negative or non-finite values")
+    file = checkpoint / "fisher.safetensors"
+    try:  # one tensor at a time: Fisher files are as large as the model
+        with safe_open(file, framework="pt") as f, safe_open(checkpoint / "model.safetensors", framework="pt") as m:
+            if sorted(f.keys()) != meta.get("tensors"):
+                raise CheckpointError(f"{file}: tensors differ from fisher.json's list")
+            model_names = set(m.keys())
+            for n in f.keys():
+                t = f.get_tensor(n)
+                if n not in model_names or list(t.shape) != m.get_slice(n).get_shape():
+                    raise CheckpointError(f"{file}: {n} does not fit the model's tensors")
+                if not torch.isfinite(t).all() or (t < 0).any():
+                    raise CheckpointError(f"{file}: {n} has negative or non-finite values")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
     return meta

@@ -55,15 +55,17 @@ class DecisionTransformer(nn.Module):
         self.transformer = GPT(c.n_embd, c.n_layer, c.n_head, c.inner, c.activation, c.dropout)
         self.predict_action = nn.Sequential(nn.Linear(c.n_embd, c.act_dim), nn.Tanh())
 
-    def forward(self, states, actions, returns_to_go, timesteps, mask=None):
-        """Predict a_t from the state token of step t; inputs are (B, K, ·), output (B, K, act_dim)."""
+    def forward(self, states, actions, returns_to_go, timesteps, mask=None, last_only: bool = False):
+        """Predict a_t from the state token of step t; inputs are (B, K, ·), output (B, K, act_dim),
+        or (B, 1, act_dim) for the last step only (`last_only`, what acting needs; it skips the
+        last block's work for every other token)."""
         B, K = states.shape[:2]
         t = self.embed_timestep(timesteps)
         tokens = torch.stack((self.embed_return(returns_to_go) + t, self.embed_state(states) + t,
                               self.embed_action(actions) + t), dim=2).reshape(B, 3 * K, -1)
         key_mask = None if mask is None else mask.repeat_interleave(3, dim=1)
-        h = self.transformer(self.embed_ln(tokens), key_mask)
-        return self.predict_action(h.reshape(B, K, 3, -1)[:, :, 1])
+        keep = slice(3 * K - 2, 3 * K - 1) if last_only else slice(1, None, 3)  # state tokens
+        return self.predict_action(self.transformer(self.embed_ln(tokens), key_mask, keep))
 
     def parameter_groups(self) -> dict[str, list[str]]:
         from dtmerge.model.groups import parameter_groups

@@ -53,18 +53,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, attn_mask=None):
+    def forward(self, x, attn_mask=None, keep=None):
+        """`keep` (a slice of positions) computes queries, and so outputs, only for those tokens."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if keep is None:
+            q, k, v = self.c_attn(x).split(C, dim=2)
+        else:
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = x[:, keep] @ w[:, :C] + b[:C]
+            k, v = (x @ w[:, C:] + b[C:]).split(C, dim=2)
+        heads = lambda t: t.view(B, t.shape[1], self.n_head, C // self.n_head).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(q), heads(k), heads(v)
         if attn_mask is None:
             attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        if keep is not None:
+            attn_mask = attn_mask[..., keep, :]
         p = self.dropout if self.training else 0.0
         if x.is_cuda:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
             y = explicit_attention(q, k, v, attn_mask, p, self.training)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, -1, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -90,8 +99,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, eps=eps)
         self.mlp = MLP(n_embd, n_inner, activation, dropout)
 
-    def forward(self, x, attn_mask=None):
-        x = x + self.attn(self.ln_1(x), attn_mask)
+    def forward(self, x, attn_mask=None, keep=None):
+        x = (x if keep is None else x[:, keep]) + self.attn(self.ln_1(x), attn_mask, keep)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -114,8 +123,9 @@ class GPT(nn.Module):
             elif name.endswith(".weight") and p.dim() == 2:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, x, key_mask=None):
+    def forward(self, x, key_mask=None, keep=None):
         """`key_mask` (B, T) bool marks real tokens; padded keys are hidden from every query.
+        `keep` (a slice) returns only those positions, skipping the last block's work for the rest.
 
         Each token may always attend to itself, so rows of padding stay finite (they are never
         read by a real token).
@@ -127,6 +137,6 @@ class GPT(nn.Module):
             eye = torch.eye(T, dtype=torch.bool, device=x.device)
             attn_mask = (causal & (key_mask[:, None, :] | eye))[:, None]  # (B, 1, T, T)
         x = self.drop(x)
-        for block in self.h:
-            x = block(x, attn_mask)
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, keep if i == len(self.h) - 1 else None)
         return self.ln_f(x)

@@ -28,17 +28,22 @@ from dtmerge.envs import get_task
 from dtmerge.evaluate import episode_stats, run_episodes
 from dtmerge.zoo.actor import Actor
 
-# RL-zoo (rl-baselines3-zoo hyperparams/ppo.yml) settings for the -v3/-v4 envs.
+# Walker2d and HalfCheetah: RL-zoo (rl-baselines3-zoo hyperparams/ppo.yml) settings for the -v3 envs,
+# 256x256 ReLU nets, log-std init -2. Hopper: the PPO paper's MuJoCo settings (64x64 tanh), because
+# the zoo's Hopper settings (gamma 0.999) stayed in the "stand still for the alive bonus" optimum
+# (return ~1000) for 700k steps on Hopper-v5 here.
+ZOO_POLICY = dict(hidden=[256, 256], activation="relu", log_std_init=-2.0, ortho_init=False)
 PPO_PRESETS = {
-    "hopper": dict(n_steps=512, batch_size=32, n_epochs=5, gamma=0.999, gae_lambda=0.99, learning_rate=9.80828e-5,
-                   clip_range=0.2, ent_coef=0.00229519, vf_coef=0.835671, max_grad_norm=0.7),
+    "hopper": dict(n_steps=2048, batch_size=64, n_epochs=10, gamma=0.99, gae_lambda=0.95, learning_rate=3e-4,
+                   clip_range=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
+                   policy=dict(hidden=[64, 64], activation="tanh", log_std_init=0.0, ortho_init=True)),
     "walker2d": dict(n_steps=512, batch_size=32, n_epochs=20, gamma=0.99, gae_lambda=0.95, learning_rate=5.05041e-5,
-                     clip_range=0.1, ent_coef=0.000585045, vf_coef=0.871923, max_grad_norm=1.0),
+                     clip_range=0.1, ent_coef=0.000585045, vf_coef=0.871923, max_grad_norm=1.0, policy=ZOO_POLICY),
     "halfcheetah": dict(n_steps=512, batch_size=64, n_epochs=20, gamma=0.98, gae_lambda=0.92,
                         learning_rate=2.0633e-5, clip_range=0.1, ent_coef=0.000401762, vf_coef=0.58096,
-                        max_grad_norm=0.8),
+                        max_grad_norm=0.8, policy=ZOO_POLICY),
 }
-HIDDEN = [256, 256]
+ACTIVATION_FNS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 
 
 class CollectConfig(BaseModel):
@@ -65,22 +70,24 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> 
     if state_dir.exists() and not resume:
         raise FileExistsError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
     torch.set_num_threads(cfg.threads)
-    hp = PPO_PRESETS[task.name]
+    hp = {k: v for k, v in PPO_PRESETS[task.name].items() if k != "policy"}
+    pol = PPO_PRESETS[task.name]["policy"]
     venv = VecNormalize(make_vec_env(task.env_id, n_envs=1, seed=cfg.seed), gamma=hp["gamma"])
     model = PPO("MlpPolicy", venv, seed=cfg.seed, device="cpu", verbose=0,
-                policy_kwargs=dict(log_std_init=-2, ortho_init=False, activation_fn=torch.nn.ReLU,
-                                   net_arch=dict(pi=HIDDEN, vf=HIDDEN)), **hp)
+                policy_kwargs=dict(log_std_init=pol["log_std_init"], ortho_init=pol["ortho_init"],
+                                   activation_fn=ACTIVATION_FNS[pol["activation"]],
+                                   net_arch=dict(pi=pol["hidden"], vf=pol["hidden"])), **hp)
     if resume and state_dir.exists():
         _restore(state_dir, model, venv)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**cfg.model_dump(), "algo": "PPO", "hyperparams": hp, "hidden": HIDDEN})
+    write_json(out / "config.json", {**cfg.model_dump(), "algo": "PPO", "hyperparams": hp, "policy": pol})
     bar = tqdm(total=cfg.steps, initial=model.num_timesteps, desc=f"collect {task.name}", unit="step",
                disable=not progress)
     while model.num_timesteps < cfg.steps:
         before = model.num_timesteps
         model.learn(min(cfg.eval_every, cfg.steps - before), reset_num_timesteps=False)
         step = model.num_timesteps
-        actor = _export_actor(model, venv, task, {"algo": "PPO", "train_steps": step, "seed": cfg.seed})
+        actor = _export_actor(model, venv, task, pol["activation"], {"algo": "PPO", "train_steps": step, "seed": cfg.seed})
         stats = evaluate_actor(actor, task, cfg.eval_episodes, seed=10_000 + step, progress=False)
         actor.meta["snapshot_eval"] = _summary(stats)
         actor.save(out / "snapshots" / f"step_{step:09d}")
@@ -139,14 +146,15 @@ def _summary(stats: dict) -> dict:
             "length_mean": stats["length_mean"], "episodes": len(r)}
 
 
-def _export_actor(model, venv, task, meta) -> Actor:
+def _export_actor(model, venv, task, activation: str, meta) -> Actor:
     sd = {k: v.detach().cpu().numpy() for k, v in model.policy.state_dict().items()}
+    n_hidden = len([k for k in sd if k.startswith("mlp_extractor.policy_net.") and k.endswith(".weight")])
     layers = [(sd[f"mlp_extractor.policy_net.{i}.weight"], sd[f"mlp_extractor.policy_net.{i}.bias"])
-              for i in range(0, 2 * len(HIDDEN), 2)] + [(sd["action_net.weight"], sd["action_net.bias"])]
+              for i in range(0, 2 * n_hidden, 2)] + [(sd["action_net.weight"], sd["action_net.bias"])]
     rms = venv.obs_rms
     return Actor([w for w, _ in layers], [b for _, b in layers], sd["log_std"],
                  rms.mean.astype(np.float32), np.sqrt(rms.var + venv.epsilon).astype(np.float32),
-                 float(venv.clip_obs), "relu", {"task": task.name, "env_id": task.env_id, **meta})
+                 float(venv.clip_obs), activation, {"task": task.name, "env_id": task.env_id, **meta})
 
 
 def _save_state(state_dir: Path, model, venv) -> None:

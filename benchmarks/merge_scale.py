@@ -1,0 +1,86 @@
+"""A 3-way Fisher merge of GPT-2-small-sized trunks (768 wide, 12 layers, 12 heads: 85M transformer
+parameters each; random weights and random Fishers): wall time and peak memory of the merge,
+measured in a fresh process, against the size of one model.
+
+    python benchmarks/merge_scale.py [--workdir /tmp/dtmerge-merge-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import report  # noqa: E402
+
+from dtmerge.atomic import write_json  # noqa: E402
+from dtmerge.checkpoint import save_checkpoint  # noqa: E402
+from dtmerge.merge.fisher import file_sha256  # noqa: E402
+from dtmerge.model import DecisionTransformer, DTConfig  # noqa: E402
+
+TASKS = [("hopper", 11, 3), ("walker2d", 17, 6), ("halfcheetah", 17, 6)]
+
+
+def make_models(root: Path) -> tuple[list[str], int]:
+    paths = []
+    for i, (task, s, a) in enumerate(TASKS):
+        torch.manual_seed(i)
+        model = DecisionTransformer(DTConfig(state_dim=s, act_dim=a, n_embd=768, n_layer=12, n_head=12))
+        ckpt = save_checkpoint(root / task, model, {"task": task, "state_mean": [0.0] * s, "state_std": [1.0] * s})
+        fisher = {n: torch.rand(p.shape) for n, p in model.named_parameters() if n.startswith("transformer.")}
+        save_file(fisher, ckpt / "fisher.safetensors")
+        write_json(ckpt / "fisher.json", {"estimator": "random (benchmark)", "tensors": sorted(fisher),
+                                          "model_sha256": file_sha256(ckpt / "model.safetensors")})
+        paths.append(str(ckpt))
+        model_bytes = sum(p.numel() * 4 for p in model.parameters())
+        trunk = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))
+        del model, fisher
+    return paths, model_bytes, trunk
+
+
+CHILD = """
+import json, resource, sys, time
+from dtmerge.merge.engine import MergeConfig, merge
+cfg = MergeConfig(**json.loads(sys.argv[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+merge(cfg)
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rss_before_bytes": before * 1024}))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="dtmerge-merge-bench-"))
+    try:
+        t = time.perf_counter()
+        paths, model_bytes, trunk = make_models(root)
+        setup = time.perf_counter() - t
+        cfg = {"models": paths, "select": ["trunk"], "method": "fisher", "output": str(root / "bundle")}
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], check=True, capture_output=True, text=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        report("merge_scale", {
+            "what": "3-way Fisher merge (paper normalisation) of the whole trunk, GPT-2-small-sized DTs",
+            "transformer_params_per_model": trunk, "model_bytes": model_bytes,
+            "merge_seconds": res["seconds"], "peak_rss_bytes": res["peak_rss_bytes"],
+            "peak_rss_over_model_size": res["peak_rss_bytes"] / model_bytes,
+            "rss_before_merge_over_model_size": res["rss_before_bytes"] / model_bytes,
+            "setup_seconds": setup, "target": "peak memory about two models or less"})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
