@@ -18,9 +18,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) benchmarks/attention_speed.py
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/make_speed.py
+	$(PY) benchmarks/fisher_speed.py
+	$(PY) benchmarks/merge_scale.py
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -168,6 +168,23 @@ def info_cmd(path):
     click.echo(json.dumps(out, indent=2))
 
 
+@main.command("plot")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--x", "x", default="step", help="field for the x axis")
+@click.option("--y", "y", default="loss", help="field for the y axis (loss in metrics.jsonl, return_mean in log.jsonl)")
+@click.option("--title", default="", help="plot title")
+@click.option("--logy", is_flag=True, help="logarithmic y axis")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
+def plot_cmd(logs, x, y, title, logy, out):
+    """Plot JSONL curves (training metrics.jsonl, collect log.jsonl) into one PNG, a line per file."""
+    from pathlib import Path
+
+    from dtmerge.plots import plot_curves
+
+    runs = {str(Path(p).parent.name if Path(p).parent.name not in ("", ".") else p): Path(p) for p in logs}
+    click.echo(plot_curves(runs, out, x, y, y, title, logy))
+
+
 def _parse_params(items):
     import yaml
 

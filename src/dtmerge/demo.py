@@ -16,6 +16,7 @@ from dtmerge.merge.bundle import trunk_accounting
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
+from dtmerge.plots import plot_curves
 from dtmerge.train import TrainConfig, train
 
 
@@ -66,6 +67,8 @@ def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transi
               f"single: one DT per task, {steps} steps on {transitions:,} transitions of TASK-medium"]
     summary = {"steps": steps, "finetune_steps": finetune_steps, "transitions": transitions, "episodes": episodes,
                "seed": seed, "results": rows, "accounting": acc, "table": "\n".join(table)}
+    plot_curves({t: out / "single" / t / "metrics.jsonl" for t in TASKS}, out / "training-loss.png", "step", "loss",
+                "action MSE", f"DT training on {transitions:,}-transition medium datasets", logy=True)
     write_json(out / "results.json", summary)
     (out / "results.md").write_text(summary["table"] + "\n")
     return summary
