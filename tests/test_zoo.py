@@ -102,19 +102,35 @@ def test_made_dataset_is_cached_and_readable_by_both_readers(tmp_path, monkeypat
     np.testing.assert_array_equal(back.rewards, traj.rewards)
 
 
-def test_exported_actor_acts_like_stable_baselines3(tmp_path):
+@pytest.mark.parametrize("preset", ["ppo-paper", "rl-zoo"])
+def test_exported_actor_acts_like_stable_baselines3(preset):
+    pytest.importorskip("stable_baselines3")
+    from dtmerge.zoo.collect import _export_actor, build_agent
+
+    task = get_task("walker2d")
+    model, venv, chosen = build_agent(task, preset, seed=0)
+    model.learn(256)  # moves the weights and the observation statistics away from their init
+    actor = _export_actor(model, venv, task, chosen["policy"]["activation"], {})
+    obs = np.random.default_rng(0).normal(0, 3, (64, task.obs_dim)).astype(np.float32)
+    expected, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    np.testing.assert_allclose(actor.act(obs), expected, atol=1e-5)
+
+
+def test_collect_resumes_and_exports_expert_and_medium(tmp_path):
     pytest.importorskip("stable_baselines3")
     from dtmerge.zoo.collect import CollectConfig, collect, export
 
-    run = collect(CollectConfig(task="hopper", out=str(tmp_path / "run"), steps=1024, eval_every=512,
-                                eval_episodes=2), progress=False)
-    resumed = collect(CollectConfig(task="hopper", out=str(tmp_path / "run"), steps=1536, eval_every=512,
-                                    eval_episodes=2), resume=True, progress=False)
-    log = [json.loads(line) for line in open(resumed / "log.jsonl")]
+    kw = dict(task="hopper", out=str(tmp_path / "run"), eval_every=512, eval_episodes=2, preset="rl-zoo")
+    run = collect(CollectConfig(steps=1024, **kw), progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        collect(CollectConfig(steps=1536, **kw), progress=False)
+    collect(CollectConfig(steps=1536, **kw), resume=True, progress=False)
+    log = [json.loads(line) for line in open(run / "log.jsonl")]
     assert [r["step"] for r in log] == [512, 1024, 1536]
     chosen = export(run, tmp_path / "export", episodes=2, progress=False)
-    assert set(chosen) == {"expert", "medium"}
     best = max(log, key=lambda r: r["return_mean"])
     assert chosen["expert"]["selection"]["snapshot_step"] == best["step"]
-    assert json.loads((tmp_path / "export" / "manifest.json").read_text())["policies"].keys() == {
-        "hopper-expert", "hopper-medium"}
+    assert chosen["expert"]["measured"]["deterministic"]["episodes"] == 2
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())["policies"]
+    assert manifest.keys() == {"hopper-expert", "hopper-medium"}
+    assert Actor.load(tmp_path / "export" / "hopper-medium").meta["level"] == "medium"
