@@ -85,7 +85,8 @@ def main():
     t_orig = (time.perf_counter() - t0) * args.episodes / args.sequential_episodes
     bt = batched["timing"]
     report("eval_speed", {
-        "what": f"{args.episodes} HalfCheetah episodes x 1000 steps, DT 128/3/1, K 20, precision {batched['precision']}",
+        "what": f"{args.episodes} HalfCheetah episodes x 1000 steps, DT 128/3/1, K 20, "
+                f"precision {batched['precision']}",
         "batched_s": t_batched, "original_loop_s": t_orig, "same_code_batch1_s": t_seq,
         "one_at_a_time_measured_episodes": args.sequential_episodes,
         "speedup_vs_original_loop": t_orig / t_batched, "speedup_vs_same_code_batch1": t_seq / t_batched,

@@ -54,8 +54,8 @@ cfg = MergeConfig(**json.loads(sys.argv[1]))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 merge(cfg)
-print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "rss_before_bytes": before * 1024}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_bytes": peak, "rss_before_bytes": before * 1024}))
 """
 
 

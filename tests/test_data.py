@@ -5,7 +5,6 @@ import pytest
 from dtmerge.data import DatasetError, Trajectories, WindowSampler, load_dataset, read_d4rl, read_minari, write_d4rl
 from dtmerge.data.rollout import random_policy, rollout
 from dtmerge.data.sampler import ACTION_PAD
-from dtmerge.envs import get_task
 
 
 def test_d4rl_round_trip(hopper_traj, hopper_file):

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -209,8 +208,10 @@ def test_perturbations(tmp_path, task_models):
     ident, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "id", "identity", select=["h.1.attn"]))
     r1, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "r1", "random", seed=5))
     r2, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "r2", "random", seed=5))
-    assert torch.equal(ident.transformer.h[1].attn.c_attn.weight, torch.ones_like(model.transformer.h[1].attn.c_attn.weight))
-    assert torch.equal(ident.transformer.h[0].attn.c_attn.weight, model.transformer.h[0].attn.c_attn.weight)
+    w1 = ident.transformer.h[1].attn.c_attn.weight
+    assert torch.equal(w1, torch.ones_like(w1))
+    h0 = model.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(ident.transformer.h[0].attn.c_attn.weight, h0)
     assert all(torch.equal(a, b) for a, b in zip(r1.state_dict().values(), r2.state_dict().values()))
     # "remove" = residual only: same outputs as a model whose attention sublayers return zero
     for block in model.transformer.h:

@@ -27,10 +27,10 @@ def test_all_six_actors_ship_and_act_within_bounds():
 
 def _tiny_actor(tmp_path, task):
     rng = np.random.default_rng(0)
-    actor = Actor([rng.normal(size=(8, task.obs_dim)).astype(np.float32), rng.normal(size=(task.act_dim, 8)).astype(np.float32)],
-                  [np.zeros(8, np.float32), np.zeros(task.act_dim, np.float32)], np.full(task.act_dim, -1.0, np.float32),
-                  np.zeros(task.obs_dim, np.float32), np.ones(task.obs_dim, np.float32), 10.0, "relu",
-                  {"task": task.name})
+    f32 = np.float32
+    actor = Actor([rng.normal(size=(8, task.obs_dim)).astype(f32), rng.normal(size=(task.act_dim, 8)).astype(f32)],
+                  [np.zeros(8, f32), np.zeros(task.act_dim, f32)], np.full(task.act_dim, -1.0, f32),
+                  np.zeros(task.obs_dim, f32), np.ones(task.obs_dim, f32), 10.0, "relu", {"task": task.name})
     return actor.save(tmp_path / "actor")
 
 

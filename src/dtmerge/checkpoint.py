@@ -51,15 +51,19 @@ def read_tensors(file) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def read_meta(path) -> dict:
-    file = Path(path) / "meta.json"
+def read_format_json(file, expected_format: str) -> dict:
+    """A JSON metadata file whose `format` field must be `expected_format`."""
     try:
         meta = read_json(file)
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(str(e)) from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format") != expected_format:
+        raise CheckpointError(f"{file}: format is {meta.get('format')!r}, expected {expected_format!r}")
     return meta
+
+
+def read_meta(path) -> dict:
+    return read_format_json(Path(path) / "meta.json", FORMAT)
 
 
 def load_checkpoint(path, device="cpu") -> tuple[DecisionTransformer, dict]:

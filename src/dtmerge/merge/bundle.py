@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dtmerge import __version__
-from dtmerge.atomic import atomic_dir, read_json, write_json
-from dtmerge.checkpoint import CheckpointError, check_tensors, read_tensors
+from dtmerge.atomic import atomic_dir, write_json
+from dtmerge.checkpoint import CheckpointError, check_tensors, read_format_json, read_tensors
 from dtmerge.model import DecisionTransformer, DTConfig
 
 FORMAT = "dtmerge.bundle/1"
@@ -47,14 +47,7 @@ def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tupl
 
 
 def read_bundle_meta(path) -> dict:
-    file = Path(path) / "bundle.json"
-    try:
-        meta = read_json(file)
-    except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(str(e)) from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+    return read_format_json(Path(path) / "bundle.json", FORMAT)
 
 
 def load_bundle_task(path, task: str | None = None) -> tuple[DecisionTransformer, dict]:

@@ -74,7 +74,8 @@ class Actor:
         write_json(stem.with_suffix(".json"), {
             "format": FORMAT, "obs_dim": self.obs_dim, "act_dim": self.act_dim, "layers": len(self.weights),
             "activation": self.activation, "obs_clip": self.obs_clip,
-            "action_sampling": "deterministic: clip(mean, -1, 1); stochastic: clip(mean + exp(log_std) * N(0, 1), -1, 1)",
+            "action_sampling": "deterministic: clip(mean, -1, 1); "
+                               "stochastic: clip(mean + exp(log_std) * N(0, 1), -1, 1)",
             **self.meta})
         return stem
 

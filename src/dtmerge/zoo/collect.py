@@ -110,7 +110,8 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> 
         before = model.num_timesteps
         model.learn(min(cfg.eval_every, cfg.steps - before), reset_num_timesteps=False)
         step = model.num_timesteps
-        actor = _export_actor(model, venv, task, pol["activation"], {"algo": "PPO", "train_steps": step, "seed": cfg.seed})
+        actor = _export_actor(model, venv, task, pol["activation"],
+                              {"algo": "PPO", "preset": chosen["name"], "train_steps": step, "seed": cfg.seed})
         stats = evaluate_actor(actor, task, cfg.eval_episodes, seed=10_000 + step, progress=False)
         actor.meta["snapshot_eval"] = _summary(stats)
         actor.save(out / "snapshots" / f"step_{step:09d}")
