@@ -56,8 +56,11 @@ class TrainConfig(BaseModel):
     eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
     eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
     model: ModelShape = Field(default_factory=ModelShape)
-    init: str | None = Field(None, description="start from this checkpoint (its architecture and state "
-                                               "normalisation are kept) instead of a random init")
+    init: str | None = Field(None, description="start from a DT checkpoint (its architecture and state "
+                                               "normalisation are kept) or a GPT-2 model (Hugging Face "
+                                               "directory or hub id: its trunk) instead of a random init")
+    share_lm_positions: bool = Field(True, description="with a GPT-2 init, use its position embedding as "
+                                                       "the timestep embedding (tiled past its length)")
     freeze: list[str] = Field(default_factory=list, description="selector of parameters to keep fixed "
                                                                  "(groups such as attn, mlp; globs; '!item')")
 
@@ -140,6 +143,13 @@ def _initial_model(cfg: TrainConfig, traj, task):
                                              **cfg.model.model_dump()))
         state_mean, state_std = traj.state_stats()
         init_meta = {"init": "random"}
+    elif not (Path(cfg.init) / "meta.json").is_file():  # a language model
+        from dtmerge.lm import dt_from_gpt2
+
+        model = dt_from_gpt2(cfg.init, task.obs_dim, task.act_dim, cfg.model.context_len,
+                             dropout=cfg.model.dropout, share_position_embedding=cfg.share_lm_positions)
+        state_mean, state_std = traj.state_stats()
+        init_meta = {"init": str(cfg.init), "init_kind": "gpt2"}
     else:
         model, meta = load_checkpoint(cfg.init)
         if meta["task"] != task.name:

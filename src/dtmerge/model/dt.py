@@ -29,6 +29,7 @@ class DTConfig(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="embedding, attention and residual dropout")
     context_len: int = Field(20, gt=0, description="K: timesteps per window (3K tokens)")
     max_ep_len: int = Field(1000, gt=0, description="size of the timestep embedding table")
+    layer_norm_epsilon: float = Field(1e-5, gt=0, description="LayerNorm epsilon of the trunk (GPT-2: 1e-5)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -52,7 +53,7 @@ class DecisionTransformer(nn.Module):
         self.embed_state = nn.Linear(c.state_dim, c.n_embd)
         self.embed_action = nn.Linear(c.act_dim, c.n_embd)
         self.embed_ln = nn.LayerNorm(c.n_embd)
-        self.transformer = GPT(c.n_embd, c.n_layer, c.n_head, c.inner, c.activation, c.dropout)
+        self.transformer = GPT(c.n_embd, c.n_layer, c.n_head, c.inner, c.activation, c.dropout, c.layer_norm_epsilon)
         self.predict_action = nn.Sequential(nn.Linear(c.n_embd, c.act_dim), nn.Tanh())
 
     def forward(self, states, actions, returns_to_go, timesteps, mask=None, last_only: bool = False):
