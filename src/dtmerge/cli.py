@@ -290,6 +290,21 @@ def data_collect(task, resume, export_dir, export_episodes, quiet, **flags):
                    f"± {m['return_std']:.1f}, D4RL-normalised (-v5) {m['score_mean']:.1f}")
 
 
+@data_group.command("zoo")
+def data_zoo():
+    """Print the shipped behaviour policies and what they were measured to reach, as Markdown."""
+    from dtmerge.zoo import zoo_manifest
+
+    click.echo("| policy | algorithm | env steps | return, deterministic (mean ± std) | D4RL-normalised (-v5), "
+               "deterministic | return, stochastic (as in the datasets) | D4RL-normalised (-v5), stochastic |")
+    click.echo("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, p in sorted(zoo_manifest()["policies"].items()):
+        d, s = p["deterministic"], p["stochastic"]
+        click.echo(f"| {name} | {p['algo']} ({p.get('preset', '')}) | {p['train_steps']:,} | "
+                   f"{d['return_mean']:.0f} ± {d['return_std']:.0f} | {d['score_mean']:.1f} | "
+                   f"{s['return_mean']:.0f} ± {s['return_std']:.0f} | {s['score_mean']:.1f} |")
+
+
 @data_group.command("zoo-export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
