@@ -52,6 +52,8 @@ def main():
         batch = {"states": torch.randn(B, 20, 11, generator=g), "actions": torch.rand(B, 20, 3, generator=g) * 2 - 1,
                  "returns_to_go": torch.randn(B, 20, 1, generator=g),
                  "timesteps": torch.randint(0, 1000, (B, 20), generator=g), "mask": torch.ones(B, 20, dtype=torch.bool)}
+        fisher_terms(model, {k: v[:2] for k, v in batch.items()}, est, names)  # warm-up of both paths
+        loop_fisher(model, {k: v[:2] for k, v in batch.items()}, est, names)
         t = time.perf_counter()
         vec = fisher_terms(model, batch, est, names)
         t_vec = time.perf_counter() - t

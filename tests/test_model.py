@@ -106,3 +106,16 @@ def test_last_only_equals_the_last_full_prediction(model):
     last = model(s, a, r, t, mask, last_only=True)
     assert last.shape == (3, 1, 3)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_drops_p_and_keeps_the_mean():
+    from dtmerge.model.gpt import dropout
+    from dtmerge.runtime import seed_everything
+
+    seed_everything(0)
+    x = torch.ones(200_000)
+    y = dropout(x, 0.1, True)
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.003
+    assert abs(y.mean().item() - 1.0) < 0.01 and torch.equal(dropout(x, 0.1, False), x)
+    seed_everything(0)
+    assert torch.equal(dropout(x, 0.1, True), y)  # seeded

@@ -38,7 +38,16 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+_DROPOUT_RNG = np.random.Generator(np.random.PCG64(0))
+
+
+def dropout_rng() -> np.random.Generator:
+    """The generator of the model's CPU dropout masks (see dtmerge.model.gpt.dropout)."""
+    return _DROPOUT_RNG
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    _DROPOUT_RNG.bit_generator.state = np.random.PCG64(seed).state

@@ -21,7 +21,7 @@ from dtmerge.atomic import write_json
 from dtmerge.checkpoint import CheckpointError, load_checkpoint, load_train_state, read_meta, save_checkpoint
 from dtmerge.data import WindowSampler, load_dataset
 from dtmerge.model import DecisionTransformer, DTConfig
-from dtmerge.runtime import autocast, pick_device, resolve_precision, seed_everything
+from dtmerge.runtime import autocast, dropout_rng, pick_device, resolve_precision, seed_everything
 
 
 class ModelShape(BaseModel):
@@ -170,7 +170,7 @@ def _resolve_freeze(selector: list[str], model) -> list[str]:
 
 def _train_state(step, optim, sampler, device) -> dict:
     state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
-             "sampler_rng": sampler.get_state()}
+             "sampler_rng": sampler.get_state(), "dropout_rng": dropout_rng().bit_generator.state}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state
@@ -190,4 +190,5 @@ def _restore(ckpt: Path, cfg: TrainConfig, model, optim, sampler, device) -> int
     if "cuda_rng" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     sampler.set_state(state["sampler_rng"])
+    dropout_rng().bit_generator.state = state["dropout_rng"]
     return int(state["step"])
