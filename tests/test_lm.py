@@ -65,3 +65,62 @@ def test_training_from_a_gpt2_init(tmp_path, gpt2_dir, hopper_file):
     assert meta["init_kind"] == "gpt2" and model.config.n_embd == 32 and model.config.activation == "gelu_new"
     moved = model.transformer.h[0].mlp.c_fc.weight - hf.transformer.h[0].mlp.c_fc.weight
     assert 0 < moved.abs().max() < 1e-2  # trained from the LM's weights, not from scratch
+
+
+def test_cos_loss_on_hand_made_vectors():
+    from dtmerge.lm.objectives import cos_to_centres_loss
+
+    e = torch.tensor([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    c = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    # cos maxima: e1 -> 1 (c1), e2 -> 1/sqrt(2) (c2), e3 -> 1 (c2)
+    expected = -(1.0 + 2 ** -0.5 + 1.0) / 3
+    torch.testing.assert_close(cos_to_centres_loss(e, c), torch.tensor(expected))
+    torch.testing.assert_close(cos_to_centres_loss(e, c, torch.tensor([False, True, False])), torch.tensor(-(2 ** -0.5)))
+    # a per-dimension maximum (the original's) would give something else here
+    per_dim = -(torch.einsum("ij,cj->icj", e, c).max(1).values.mean())
+    assert not torch.isclose(per_dim, torch.tensor(expected))
+
+
+def test_schedule_and_l2_have_known_values():
+    from dtmerge.lm.objectives import l2_to_reference, sigmoid_decay
+
+    assert sigmoid_decay(0) == pytest.approx(0.9933, abs=1e-4)
+    assert sigmoid_decay(2500) == pytest.approx(0.5)
+    assert sigmoid_decay(5000) == pytest.approx(0.0067, abs=1e-4)
+    ref = {"a": torch.zeros(2, 2), "b": torch.zeros(3)}
+    params = {"a": torch.ones(2, 2), "b": torch.full((3,), 2.0)}
+    assert l2_to_reference(ref, ref).item() == 0.0
+    assert l2_to_reference(params, ref, "fro").item() == pytest.approx(2.0 + 12 ** 0.5)
+    assert l2_to_reference(params, ref, "squared").item() == pytest.approx(4.0 + 12.0)
+
+
+def test_token_centres_are_cached_and_normalised(tmp_path, gpt2_dir):
+    import shutil
+
+    from dtmerge.lm.objectives import token_centres
+
+    path = tmp_path / "lm"
+    shutil.copytree(gpt2_dir[0], path)
+    c = token_centres(path, clusters=5, seed=0)
+    assert c.shape == (5, 32) and torch.allclose(c.norm(dim=-1), torch.ones(5))
+    assert (path / "dtmerge-kmeans-5-seed0.safetensors").is_file()
+    assert torch.equal(token_centres(path, clusters=5, seed=0), c)
+
+
+def test_eq5_terms_in_training(tmp_path, gpt2_dir, hopper_file):
+    import shutil
+
+    from dtmerge.train import TrainConfig, train
+
+    path = tmp_path / "lm"
+    shutil.copytree(gpt2_dir[0], path)
+    base = dict(dataset=str(hopper_file), steps=3, warmup_steps=1, log_every=1, eval_episodes=0, device="cpu",
+                precision="fp32", cos_clusters=5)
+    train(TrainConfig(**base, out=str(tmp_path / "r"), init=str(path), cos_weight=0.1, l2_weight=1e-2),
+          progress=False)
+    recs = [json.loads(line) for line in open(tmp_path / "r" / "metrics.jsonl")]
+    assert all(r["loss"] == pytest.approx(r["mse"] + r["loss_cos"] + r["loss_l2"], rel=1e-5) for r in recs)
+    assert all(-0.1 <= r["loss_cos"] < 0 for r in recs)  # minus a weighted cosine
+    assert recs[0]["loss_l2"] < recs[-1]["loss_l2"]  # the trunk moves away from the LM as it trains
+    with pytest.raises(ValueError, match="needs a language-model init"):
+        train(TrainConfig(**base, out=str(tmp_path / "x"), cos_weight=0.1), progress=False)

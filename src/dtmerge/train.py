@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
@@ -63,6 +65,14 @@ class TrainConfig(BaseModel):
                                                        "the timestep embedding (tiled past its length)")
     freeze: list[str] = Field(default_factory=list, description="selector of parameters to keep fixed "
                                                                  "(groups such as attn, mlp; globs; '!item')")
+    cos_weight: float = Field(0.0, ge=0, description="l1 of Eq. 5: weight of L_cos, the pull of input "
+                                                     "embeddings toward the LM's token clusters (needs a GPT-2 init)")
+    cos_until: int = Field(5000, gt=0, description="the L_cos weight decays (sigmoid) to ~0 by this step")
+    cos_clusters: int = Field(1000, gt=0, description="k-means centres of the LM's token embeddings")
+    l2_weight: float = Field(0.0, ge=0, description="l3 of Eq. 5: weight of L_2, the distance of the trunk's "
+                                                    "blocks to their initial (e.g. the LM's) weights")
+    l2_norm: Literal["fro", "squared"] = Field("fro", description="fro: sum of per-tensor Frobenius norms (the "
+                                                                  "original); squared: squared L2 distance")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -81,6 +91,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     for name, p in model.named_parameters():
         p.requires_grad_(name not in frozen)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    extra = _extra_terms(cfg, model, init_meta)
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = WindowSampler(traj, model.config.context_len, state_mean, state_std, cfg.rtg_scale,
                             model.config.max_ep_len, seed=cfg.seed)
@@ -107,17 +118,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             with autocast(device, precision):
                 pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
                              batch["mask"])
-            loss = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
+            mse = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
+            terms = extra(step, model, batch["mask"])
+            loss = mse + sum(terms.values())
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, error_if_nonfinite=True)
             optim.step()
             step += 1
             bar.update()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
-                       "steps_per_s": (step - step_last) / (now - t_last)}
+                rec = {"step": step, "loss": loss.item(), "mse": mse.item(),
+                       **{f"loss_{k}": v.item() for k, v in terms.items()}, "lr": lr,
+                       "grad_norm": grad_norm.item(), "steps_per_s": (step - step_last) / (now - t_last)}
                 t_last, step_last = now, step
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -158,6 +172,19 @@ def _initial_model(cfg: TrainConfig, traj, task):
         init_meta = {"init": str(cfg.init)}
     init_meta["init_trunk_sha256"] = trunk_sha256(model.state_dict())
     return model, state_mean, state_std, init_meta
+
+
+def _extra_terms(cfg: TrainConfig, model, init_meta: dict):
+    from dtmerge.lm.objectives import ExtraTerms, token_centres
+
+    centres = None
+    if cfg.cos_weight:
+        if init_meta.get("init_kind") != "gpt2":
+            raise ValueError("cos_weight (L_cos) needs a language-model init: pass --init with a GPT-2 model")
+        from dtmerge.lm.gpt2 import resolve_lm_dir
+
+        centres = token_centres(resolve_lm_dir(cfg.init), cfg.cos_clusters, cfg.seed)
+    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm)
 
 
 def _resolve_freeze(selector: list[str], model) -> list[str]:
