@@ -11,8 +11,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import report
+
 from dtmerge.model.gpt import explicit_attention
 
 

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import report
+
 from dtmerge.envs import get_task
 from dtmerge.evaluate import evaluate
 from dtmerge.model import DecisionTransformer, DTConfig

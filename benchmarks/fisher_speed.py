@@ -11,8 +11,8 @@ import argparse
 import time
 
 import torch
-
 from common import report
+
 from dtmerge.merge.fisher import fisher_terms
 from dtmerge.model import DecisionTransformer, DTConfig
 

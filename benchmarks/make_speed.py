@@ -11,8 +11,8 @@ import argparse
 import time
 
 import numpy as np
-
 from common import report
+
 from dtmerge.data.make import make_trajectories
 from dtmerge.envs import get_task
 

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import report
+
 from dtmerge.data import WindowSampler
 from dtmerge.data.rollout import random_policy, rollout
 from dtmerge.envs import get_task

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import TINY
 from safetensors.torch import load_file
 
-from conftest import TINY
 from dtmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.cli import main
 from dtmerge.evaluate import evaluate_checkpoint, load_policy_model

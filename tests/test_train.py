@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY
 from dtmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.evaluate import evaluate, evaluate_checkpoint
 from dtmerge.model import DecisionTransformer, DTConfig

@@ -10,6 +10,7 @@ The directory is written to a temporary name and swapped in whole.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -134,3 +135,13 @@ def unflatten_tensors(skeleton, tensors: dict[str, torch.Tensor]):
         return o
 
     return walk(skeleton)
+
+
+def trunk_sha256(tensors) -> str:
+    """Hash of the trunk (`transformer.*`) tensors: identifies the starting point of a fine-tune."""
+    h = hashlib.sha256()
+    for name in sorted(n for n in tensors if n.startswith("transformer.")):
+        t = tensors[name]
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()

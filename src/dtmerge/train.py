@@ -1,9 +1,10 @@
 """Train one Decision Transformer on one offline dataset (the original DT recipe, made resumable).
 
-AdamW with linear warmup, gradient clipping, action MSE on real (unpadded) tokens; bf16 autocast
-where the hardware has native bf16. Every `save_every` steps the run writes a checkpoint that
-holds the optimizer moments and all RNG states, so `resume=True` ends with exactly the weights an
-uninterrupted run would have.
+AdamW with linear warmup, gradient clipping, action MSE on real (unpadded) tokens (plus, if asked,
+the L_cos and L_2 terms of the paper's Eq. 5); bf16 autocast where the hardware has native bf16;
+a random, checkpoint or GPT-2 initialisation, with any selector of parameters frozen. Every
+`save_every` steps the run writes a checkpoint that holds the optimizer moments and all RNG states,
+so `resume=True` ends with exactly the weights an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -11,16 +12,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import write_json
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, load_train_state, read_meta, save_checkpoint
+from dtmerge.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+    trunk_sha256,
+)
 from dtmerge.data import WindowSampler, load_dataset
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.runtime import autocast, dropout_rng, pick_device, resolve_precision, seed_everything
@@ -150,8 +157,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
 
 def _initial_model(cfg: TrainConfig, traj, task):
     """A fresh DT, or the `init` checkpoint's; plus the state statistics and the init's trunk hash."""
-    from dtmerge.merge.engine import trunk_sha256
-
     if cfg.init is None:
         model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
                                              **cfg.model.model_dump()))

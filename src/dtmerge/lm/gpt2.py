@@ -66,9 +66,11 @@ def dt_from_gpt2(spec, state_dim: int, act_dim: int, context_len: int = 20, max_
     """
     cfg, tensors = read_gpt2(spec)
     config = DTConfig(state_dim=state_dim, act_dim=act_dim, n_embd=cfg["n_embd"], n_layer=cfg["n_layer"],
-                      n_head=cfg["n_head"], n_inner=cfg.get("n_inner"), activation=cfg.get("activation_function",
-                      "gelu_new"), dropout=cfg.get("resid_pdrop", 0.1) if dropout is None else dropout,
-                      context_len=context_len, max_ep_len=max_ep_len, layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5))
+                      n_head=cfg["n_head"], n_inner=cfg.get("n_inner"),
+                      activation=cfg.get("activation_function", "gelu_new"),
+                      dropout=cfg.get("resid_pdrop", 0.1) if dropout is None else dropout,
+                      context_len=context_len, max_ep_len=max_ep_len,
+                      layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5))
     model = DecisionTransformer(config)
     state = model.state_dict()
     trunk = {n for n in state if n.startswith("transformer.")}

@@ -8,7 +8,6 @@ embeddings and heads are never merged; every merged tensor is checked finite.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from dtmerge.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, trunk_sha256
 from dtmerge.merge.bundle import write_bundle
 from dtmerge.merge.methods import METHODS
 from dtmerge.merge.selectors import resolve_mergeable
@@ -46,16 +45,6 @@ class MergeConfig(BaseModel):
     output: str = Field(description="where the result goes")
     format: Literal["bundle", "checkpoint"] = Field("bundle", description="bundle: every task, sharing the "
                                                     "merged tensors; checkpoint: the target model only")
-
-
-def trunk_sha256(tensors) -> str:
-    """Hash of the trunk (`transformer.*`) tensors: identifies the starting point of a fine-tune."""
-    h = hashlib.sha256()
-    for name in sorted(n for n in tensors if n.startswith("transformer.")):
-        t = tensors[name]
-        h.update(name.encode())
-        h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    return h.hexdigest()
 
 
 class _Inputs:

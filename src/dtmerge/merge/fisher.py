@@ -20,12 +20,11 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch.func import functional_call, grad, vjp, vmap
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_path, read_json, write_json
-from safetensors import SafetensorError, safe_open
-
 from dtmerge.checkpoint import CheckpointError, load_checkpoint
 from dtmerge.data import WindowSampler, load_dataset
 
