@@ -52,14 +52,14 @@ def read_tensors(file) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def read_format_json(file, expected_format: str) -> dict:
-    """A JSON metadata file whose `format` field must be `expected_format`."""
+def read_format_json(file, expected_format: str, error: type[Exception] = CheckpointError) -> dict:
+    """A JSON metadata file whose `format` field must be `expected_format`; problems raise `error`."""
     try:
         meta = read_json(file)
     except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(str(e)) from None
+        raise error(str(e)) from None
     if meta.get("format") != expected_format:
-        raise CheckpointError(f"{file}: format is {meta.get('format')!r}, expected {expected_format!r}")
+        raise error(f"{file}: format is {meta.get('format')!r}, expected {expected_format!r}")
     return meta
 
 

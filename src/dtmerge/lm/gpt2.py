@@ -8,11 +8,11 @@ checkpoints are read: a `pytorch_model.bin` is a pickle, and loading it could ru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from dtmerge.atomic import read_json
 from dtmerge.checkpoint import CheckpointError, read_tensors
 from dtmerge.model import DecisionTransformer, DTConfig
 
@@ -40,11 +40,9 @@ def read_gpt2(spec) -> tuple[dict, dict[str, torch.Tensor]]:
     path = resolve_lm_dir(str(spec))
     cfg_file = path / "config.json"
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{cfg_file}: file not found (expected a Hugging Face model directory)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+        cfg = read_json(cfg_file)
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{e} (expected a Hugging Face model directory)") from None
     if cfg.get("model_type") != "gpt2":
         raise CheckpointError(f"{cfg_file}: model_type is {cfg.get('model_type')!r}, expected 'gpt2'")
     for key, value in SUPPORTED.items():

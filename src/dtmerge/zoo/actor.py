@@ -8,7 +8,6 @@ stable-baselines3 acts with a PPO policy in a Box action space.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from dtmerge.atomic import atomic_path, write_json
+from dtmerge.atomic import atomic_path, read_json, write_json
+from dtmerge.checkpoint import read_format_json
 from dtmerge.envs import get_task
 
 FORMAT = "dtmerge.actor/1"
@@ -83,14 +83,7 @@ class Actor:
     def load(cls, stem) -> "Actor":
         stem = Path(stem)
         meta_file, weight_file = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except FileNotFoundError:
-            raise ActorError(f"{meta_file}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ActorError(f"{meta_file}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise ActorError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = read_format_json(meta_file, FORMAT, ActorError)
         if meta.get("activation") not in ACTIVATIONS:
             raise ActorError(f"{meta_file}: unknown activation {meta.get('activation')!r}")
         try:
@@ -141,7 +134,7 @@ def zoo_manifest() -> dict:
     path = ZOO_DIR / "manifest.json"
     if not path.is_file():
         return {"policies": {}}
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def load_zoo_actor(task: str, level: str) -> Actor:
