@@ -63,3 +63,10 @@ def test_shipped_config_files_are_valid():
     TrainConfig(**yaml.safe_load((root / "train-hopper.yaml").read_text()))
     assert load_merge_config(root / "merge-attention-swap.yaml").params == {"alpha": 1.0}
     assert MFFConfig(**yaml.safe_load((root / "mff-fisher.yaml").read_text())).merge.method == "fisher"
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
+    r = CliRunner().invoke(main, ["data", "info", str(tmp_path / "missing.hdf5")])
+    assert r.exit_code == 1 and "missing.hdf5: file not found" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["eval", str(tmp_path)])
+    assert r.exit_code == 1 and "meta.json: file not found" in r.output

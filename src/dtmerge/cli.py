@@ -12,7 +12,24 @@ from dtmerge.train import TrainConfig
 from dtmerge.zoo.collect import CollectConfig
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Group(click.Group):
+    """Known user errors (bad files, bad configs) print one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from dtmerge.checkpoint import CheckpointError
+        from dtmerge.data import DatasetError
+        from dtmerge.merge.engine import MergeError
+        from dtmerge.merge.selectors import SelectorError
+        from dtmerge.zoo import ActorError
+
+        try:
+            return super().invoke(ctx)
+        except (DatasetError, CheckpointError, MergeError, SelectorError, ActorError, FileExistsError,
+                FileNotFoundError, ImportError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="dtmerge")
 def main():
     """Train, merge and evaluate Decision Transformers on offline MuJoCo locomotion data."""
