@@ -125,3 +125,48 @@ def test_eq5_terms_in_training(tmp_path, gpt2_dir, hopper_file):
     assert recs[0]["loss_l2"] < recs[-1]["loss_l2"]  # the trunk moves away from the LM as it trains
     with pytest.raises(ValueError, match="needs a language-model init"):
         train(TrainConfig(**base, out=str(tmp_path / "x"), cos_weight=0.1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import random
+
+    rng = random.Random(0)
+    words = "the hopper jumps over a walker while the cheetah runs fast and far across the plain".split()
+    text = "\n".join(" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(400))
+    path = tmp_path_factory.mktemp("corpus") / "tiny.txt"
+    path.write_text(text)
+    return path
+
+
+def _pretrain_cfg(corpus, out, steps):
+    from dtmerge.lm.pretrain import PretrainConfig
+
+    return PretrainConfig(corpus=[str(corpus)], out=str(out), tokenizer="bpe", vocab_size=300, n_embd=16,
+                          n_layer=2, n_head=2, n_positions=64, seq_len=16, batch_size=4, steps=steps, lr=3e-3,
+                          warmup_steps=2, log_every=1, save_every=3, device="cpu", precision="fp32")
+
+
+def test_pretrained_lm_learns_and_initialises_a_dt(tmp_path, corpus):
+    from dtmerge.lm.pretrain import pretrain
+
+    model_dir = pretrain(_pretrain_cfg(corpus, tmp_path / "lm", 40), progress=False)
+    loss = [json.loads(line)["loss"] for line in open(tmp_path / "lm" / "metrics.jsonl")]
+    assert sum(loss[-5:]) / 5 < 0.6 * sum(loss[:3]) / 3
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+    dt = dt_from_gpt2(model_dir, state_dim=11, act_dim=3)
+    assert dt.config.n_embd == 16 and dt.embed_timestep.weight.shape == (1000, 16)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    assert tok.decode(tok("the hopper jumps")["input_ids"]) == "the hopper jumps"
+
+
+def test_pretraining_resumes_to_the_same_weights(tmp_path, corpus):
+    from safetensors.torch import load_file
+
+    from dtmerge.lm.pretrain import pretrain
+
+    a = pretrain(_pretrain_cfg(corpus, tmp_path / "a", 6), progress=False)
+    pretrain(_pretrain_cfg(corpus, tmp_path / "b", 3), progress=False)
+    b = pretrain(_pretrain_cfg(corpus, tmp_path / "b", 6), resume=True, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

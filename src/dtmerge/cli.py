@@ -8,6 +8,7 @@ import click
 
 from dtmerge import __version__
 from dtmerge.config import build_config, pydantic_options
+from dtmerge.lm.pretrain import PretrainConfig
 from dtmerge.train import TrainConfig
 from dtmerge.zoo.collect import CollectConfig
 
@@ -200,6 +201,24 @@ def plot_cmd(logs, x, y, title, logy, out):
 
     runs = {str(Path(p).parent.name if Path(p).parent.name not in ("", ".") else p): Path(p) for p in logs}
     click.echo(plot_curves(runs, out, x, y, y, title, logy))
+
+
+@main.group("lm")
+def lm_group():
+    """Language models for DT initialisation (ChibiT-style pre-training)."""
+
+
+@lm_group.command("pretrain")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last state")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@pydantic_options(PretrainConfig)
+def lm_pretrain(resume, quiet, **flags):
+    """Pre-train a small GPT-2 (ChibiT's shape by default) on local text files; the model is saved
+    in Hugging Face format under OUT/model, ready for `dtmerge train --init OUT/model`."""
+    from dtmerge.lm.pretrain import pretrain
+
+    cfg = build_config(PretrainConfig, None, flags)
+    click.echo(pretrain(cfg, resume=resume, progress=not quiet))
 
 
 def _parse_params(items):

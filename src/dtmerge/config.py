@@ -7,7 +7,7 @@ descriptions), so every option is declared once; `build_config` layers defaults 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_origin
 
 import click
 import yaml
@@ -19,9 +19,12 @@ def _flag(name: str) -> str:
 
 
 def _click_type(annotation):
+    """(click type, multiple) for `int`, `str | None`, `list[float]`, `list[str] | None`, `Literal[...]`."""
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0], True
     args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
     base = args[0]
-    if getattr(base, "__origin__", None) is list:
+    if get_origin(base) is list:
         return get_args(base)[0], True
     return (base if base in (int, float, str, bool) else str), False
 

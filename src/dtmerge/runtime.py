@@ -7,6 +7,18 @@ import random
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunConfig(BaseModel):
+    """Settings every training run shares (DT training, LM pre-training)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, description="seed for torch, numpy, dropout and data sampling")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    precision: str = Field("auto", description="auto (bf16 where native), bf16 or fp32")
+    log_every: int = Field(100, gt=0, description="steps between metrics lines")
+    save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -30,7 +30,7 @@ from dtmerge.checkpoint import (
 )
 from dtmerge.data import WindowSampler, load_dataset
 from dtmerge.model import DecisionTransformer, DTConfig
-from dtmerge.runtime import autocast, dropout_rng, pick_device, resolve_precision, seed_everything
+from dtmerge.runtime import RunConfig, autocast, dropout_rng, pick_device, resolve_precision, seed_everything
 
 
 class ModelShape(BaseModel):
@@ -45,8 +45,7 @@ class ModelShape(BaseModel):
     context_len: int = Field(20, gt=0, description="K: timesteps per training window")
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TrainConfig(RunConfig):
     dataset: str = Field(description="D4RL .hdf5 file, Minari dataset directory or Minari id")
     task: str | None = Field(None, description="halfcheetah, hopper or walker2d (default: from the dataset)")
     out: str = Field("runs/dt", description="run directory (checkpoint/, metrics.jsonl, eval.json)")
@@ -57,11 +56,6 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(10000, gt=0, description="linear learning-rate warmup steps")
     grad_clip: float = Field(0.25, gt=0, description="gradient norm clip")
     rtg_scale: float = Field(1000.0, gt=0, description="returns-to-go are divided by this")
-    seed: int = Field(0, description="seed for torch, numpy and the window sampler")
-    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    precision: str = Field("auto", description="auto (bf16 where native), bf16 or fp32")
-    log_every: int = Field(100, gt=0, description="steps between metrics lines")
-    save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
     eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
     eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
     model: ModelShape = Field(default_factory=ModelShape)
