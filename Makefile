@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/make_speed.py
 	$(PY) benchmarks/fisher_speed.py
 	$(PY) benchmarks/merge_scale.py
+	$(PY) benchmarks/lm_cost.py
 
 clean:
 	rm -rf $(VENV) demo-out
