@@ -12,8 +12,8 @@ import argparse
 import time
 
 import torch
-
 from common import report
+
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.runtime import autocast, pick_device, resolve_precision
 
