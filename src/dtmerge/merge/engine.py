@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint, trunk_sha256
+from dtmerge.checkpoint import load_checkpoint, read_meta, save_checkpoint, trunk_sha256
 from dtmerge.merge.bundle import write_bundle
 from dtmerge.merge.methods import METHODS
 from dtmerge.merge.selectors import resolve_mergeable
@@ -193,4 +193,4 @@ def load_merge_config(path, overrides: dict | None = None) -> MergeConfig:
         raise MergeError(f"{path}: invalid merge config:\n{e}") from None
 
 
-__all__ = ["MergeConfig", "MergeError", "merge", "plan", "trunk_sha256", "CheckpointError"]
+__all__ = ["MergeConfig", "MergeError", "load_merge_config", "merge", "plan"]

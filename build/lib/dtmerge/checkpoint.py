@@ -1,0 +1,147 @@
+"""Checkpoints as safetensors plus JSON: loading someone's model never runs code (no pickle).
+
+A checkpoint is a directory:
+  model.safetensors        the model's tensors
+  meta.json                model config, task, dataset, state mean/std, RTG scale, step, seed, version
+  train_state.safetensors  (training runs only) optimizer moments and RNG states ...
+  train_state.json         ... and the rest of the resumable state, tensors referenced by key
+The directory is written to a temporary name and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dtmerge import __version__
+from dtmerge.atomic import atomic_dir, read_json, write_json
+from dtmerge.model import DecisionTransformer, DTConfig
+
+FORMAT = "dtmerge.dt/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def save_checkpoint(path, model: DecisionTransformer, meta: dict, train_state: dict | None = None) -> Path:
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp / "model.safetensors")
+        write_json(tmp / "meta.json", {"format": FORMAT, "dtmerge_version": __version__,
+                                       "config": model.config.model_dump(), **meta})
+        if train_state is not None:
+            tensors, skeleton = flatten_tensors(train_state)
+            save_file(tensors, tmp / "train_state.safetensors")
+            write_json(tmp / "train_state.json", skeleton)
+    return path
+
+
+def read_tensors(file) -> dict[str, torch.Tensor]:
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"{file}: file not found")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def read_format_json(file, expected_format: str, error: type[Exception] = CheckpointError) -> dict:
+    """A JSON metadata file whose `format` field must be `expected_format`; problems raise `error`."""
+    try:
+        meta = read_json(file)
+    except (FileNotFoundError, ValueError) as e:
+        raise error(str(e)) from None
+    if meta.get("format") != expected_format:
+        raise error(f"{file}: format is {meta.get('format')!r}, expected {expected_format!r}")
+    return meta
+
+
+def read_meta(path) -> dict:
+    return read_format_json(Path(path) / "meta.json", FORMAT)
+
+
+def load_checkpoint(path, device="cpu") -> tuple[DecisionTransformer, dict]:
+    """Rebuild the model from meta.json and load its tensors, checking names and shapes exactly."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    meta = read_meta(path)
+    try:
+        config = DTConfig(**meta["config"])
+    except Exception as e:  # pydantic.ValidationError or a missing key
+        raise CheckpointError(f"{path / 'meta.json'}: invalid model config ({e})") from None
+    model = DecisionTransformer(config)
+    tensors = read_tensors(path / "model.safetensors")
+    check_tensors(path / "model.safetensors", model.state_dict(), tensors)
+    model.load_state_dict(tensors)
+    return model.to(device), meta
+
+
+def check_tensors(file, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{file}: tensors do not match the model config "
+                              f"(missing: {missing[:5] or 'none'}, unexpected: {extra[:5] or 'none'})")
+    for name, t in expected.items():
+        if found[name].shape != t.shape:
+            raise CheckpointError(f"{file}: tensor {name} has shape {tuple(found[name].shape)}, "
+                                  f"config expects {tuple(t.shape)}")
+        if not torch.isfinite(found[name]).all():
+            raise CheckpointError(f"{file}: tensor {name} contains NaN or inf")
+
+
+def load_train_state(path) -> dict:
+    path = Path(path)
+    try:
+        skeleton = read_json(path / "train_state.json")
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{e}; cannot resume") from None
+    return unflatten_tensors(skeleton, read_tensors(path / "train_state.safetensors"))
+
+
+def flatten_tensors(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:
+    """Split a nested dict/list structure into {key: tensor} and a JSON skeleton that names them."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(o, key):
+        if isinstance(o, torch.Tensor):
+            tensors[key] = o.detach().contiguous().cpu()
+            return {"__tensor__": key}
+        if isinstance(o, dict):
+            return {"__dict__": [[k, walk(v, f"{key}.{k}")] for k, v in o.items()]}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(o)]
+        return o
+
+    return tensors, walk(obj, prefix or "s")
+
+
+def unflatten_tensors(skeleton, tensors: dict[str, torch.Tensor]):
+    def walk(o):
+        if isinstance(o, dict) and "__tensor__" in o:
+            return tensors[o["__tensor__"]]
+        if isinstance(o, dict) and "__dict__" in o:
+            return {k: walk(v) for k, v in o["__dict__"]}
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        return o
+
+    return walk(skeleton)
+
+
+def trunk_sha256(tensors) -> str:
+    """Hash of the trunk (`transformer.*`) tensors: identifies the starting point of a fine-tune."""
+    h = hashlib.sha256()
+    for name in sorted(n for n in tensors if n.startswith("transformer.")):
+        t = tensors[name]
+        h.update(name.encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,365 @@
+"""The `dtmerge` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dtmerge import __version__
+from dtmerge.config import build_config, pydantic_options
+from dtmerge.lm.pretrain import PretrainConfig
+from dtmerge.train import TrainConfig
+from dtmerge.zoo.collect import CollectConfig
+
+
+class _Group(click.Group):
+    """Known user errors (bad files, bad configs) print one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from dtmerge.checkpoint import CheckpointError
+        from dtmerge.data import DatasetError
+        from dtmerge.merge.engine import MergeError
+        from dtmerge.merge.selectors import SelectorError
+        from dtmerge.zoo import ActorError
+
+        try:
+            return super().invoke(ctx)
+        except (DatasetError, CheckpointError, MergeError, SelectorError, ActorError, FileExistsError,
+                FileNotFoundError, ImportError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="dtmerge")
+def main():
+    """Train, merge and evaluate Decision Transformers on offline MuJoCo locomotion data."""
+
+
+@main.command("train")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with any of the options below; flags override it")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@pydantic_options(TrainConfig, nested=("model",))
+def train_cmd(config_file, resume, quiet, **flags):
+    """Train one Decision Transformer on one dataset and evaluate it."""
+    from dtmerge.train import train
+
+    cfg = build_config(TrainConfig, config_file, flags, nested=("model",))
+    ckpt = train(cfg, resume=resume, progress=not quiet)
+    click.echo(f"checkpoint: {ckpt}")
+    _print_eval_file(ckpt.parent / "eval.json")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--episodes", default=10, help="episodes per RTG target")
+@click.option("--target", "targets", type=float, multiple=True, help="RTG target (repeatable; default: the task's)")
+@click.option("--seed", default=0, help="episode i starts from reset seed SEED + i")
+@click.option("--device", default="auto", help="auto, cpu, cuda, ...")
+@click.option("--precision", default="auto", help="auto, bf16 or fp32")
+@click.option("--task", help="which task of a multi-task bundle")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the results as JSON here")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, quiet):
+    """Evaluate a checkpoint (or one task of a bundle) in MuJoCo: all episodes batched,
+    D4RL-normalised (-v5) scores."""
+    from dtmerge.evaluate import TABLE_HEADER, evaluate_checkpoint, format_result
+
+    result = evaluate_checkpoint(checkpoint, episodes, list(targets) or None, seed, device, precision, out,
+                                 progress=not quiet, task=task)
+    click.echo(TABLE_HEADER)
+    click.echo(format_result(result))
+
+
+@main.command("demo")
+@click.option("--out", default="demo-out", help="output directory (runs, results.json, results.md)")
+@click.option("--steps", default=600, help="DT training steps per task")
+@click.option("--finetune-steps", default=300, help="MFF finetuning steps per task")
+@click.option("--transitions", default=50_000, help="size of each task's medium dataset")
+@click.option("--episodes", default=10, help="evaluation episodes per task and model")
+@click.option("--seed", default=0, help="seed for data, training and evaluation")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, quiet):
+    """The main job on made-on-the-spot data: zoo datasets, one DT per task, an attention swap,
+    a Fisher Merge-Freeze-Finetune bundle, MuJoCo scores."""
+    from dtmerge.demo import run_demo
+
+    click.echo(run_demo(out, steps, finetune_steps, transitions, episodes, seed, progress=not quiet)["table"])
+
+
+@main.command("merge")
+@click.argument("config_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "models", multiple=True, help="checkpoint to merge (repeatable; overrides the YAML)")
+@click.option("--target", help="model giving unselected tensors / interpolated from [default: the first]")
+@click.option("--select", multiple=True, help="group, glob or name; '!item' excludes (repeatable) [default: attn]")
+@click.option("--method", help="interpolate, average, task_arithmetic, fisher, ties, dare [default: average]")
+@click.option("--param", "params", multiple=True, help="method parameter KEY=VALUE, e.g. alpha=1 (repeatable)")
+@click.option("--base", help="shared starting checkpoint (task_arithmetic, ties, dare)")
+@click.option("--format", "fmt", type=click.Choice(["bundle", "checkpoint"]), help="[default: bundle]")
+@click.option("--output", help="where the merged bundle or checkpoint goes")
+@click.option("--force", is_flag=True, default=None, help="merge against a base the models did not start from")
+@click.option("--dry-run", is_flag=True, help="print which tensors are merged and where every other comes from")
+def merge_cmd(config_file, models, target, select, method, params, base, fmt, output, force, dry_run):
+    """Merge task models in weight space, described by a YAML CONFIG_FILE and/or flags."""
+    from dtmerge.merge.engine import MergeConfig, MergeError, load_merge_config, merge, plan
+
+    overrides = {"models": list(models) or None, "target": target, "select": list(select) or None,
+                 "method": method, "params": _parse_params(params) or None, "base": base, "format": fmt,
+                 "output": output, "force": force}
+    try:
+        if config_file:
+            cfg = load_merge_config(config_file, overrides)
+        else:
+            cfg = MergeConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except (MergeError, ValueError) as e:
+        raise click.UsageError(str(e)) from None
+    if dry_run:
+        click.echo(plan(cfg))
+        return
+    click.echo(merge(cfg))
+
+
+@main.command("fisher")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", help="data to compute it on [default: the checkpoint's training data]")
+@click.option("--estimator", type=click.Choice(["exact", "empirical", "batch"]), default="exact",
+              help="exact: Gaussian action-mean Fisher; empirical: squared per-window gradients; "
+                   "batch: the original code's squared batch gradients")
+@click.option("--batches", default=4, help="batches of windows")
+@click.option("--batch-size", default=64, help="windows per batch")
+@click.option("--seed", default=0, help="seed for the window sampler")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, quiet):
+    """Compute a checkpoint's diagonal Fisher once and store it beside its weights."""
+    from dtmerge.merge.fisher import compute_fisher
+
+    click.echo(compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress=not quiet))
+
+
+@main.command("mff")
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def mff_cmd(config_file, quiet):
+    """Merge-Freeze-Finetune from a YAML file (merge: ..., output, datasets, finetune: ...)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
+
+    try:
+        cfg = MFFConfig(**(yaml.safe_load(open(config_file)) or {}))
+    except (ValidationError, yaml.YAMLError, TypeError) as e:
+        raise click.UsageError(f"{config_file}: invalid MFF config:\n{e}") from None
+    click.echo(merge_freeze_finetune(cfg, progress=not quiet))
+
+
+@main.command("perturb")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--kind", type=click.Choice(["random", "identity", "remove"]), required=True,
+              help="random: fixed random weights; identity: weights 1, biases 0; remove: residual only")
+@click.option("--select", multiple=True, default=("attn",), help="attention group(s) to perturb, e.g. h.1.attn")
+@click.option("--seed", default=0, help="seed of the random weights")
+def perturb_cmd(checkpoint, output, kind, select, seed):
+    """Write a copy of CHECKPOINT with its attention perturbed (the paper's Table I)."""
+    from dtmerge.merge.perturb import perturb_checkpoint
+
+    click.echo(perturb_checkpoint(checkpoint, output, kind, select, seed))
+
+
+@main.command("info")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+def info_cmd(path):
+    """Print a checkpoint's or bundle's metadata and the paper's transformer-parameter accounting."""
+    from dtmerge.checkpoint import read_meta
+    from dtmerge.merge.bundle import is_bundle, read_bundle_meta, trunk_accounting
+
+    if is_bundle(path):
+        meta = read_bundle_meta(path)
+        out = {"bundle": path, "tasks": list(meta["tasks"]), "shared_tensors": len(meta["shared"]),
+               "accounting": trunk_accounting(path), "merge": meta.get("merge"), "mff": meta.get("mff")}
+    else:
+        meta = read_meta(path)
+        out = {k: meta[k] for k in ("task", "dataset", "step", "seed", "config", "init") if k in meta}
+    click.echo(json.dumps(out, indent=2))
+
+
+@main.command("plot")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--x", "x", default="step", help="field for the x axis")
+@click.option("--y", "y", default="loss", help="field for the y axis (loss in metrics.jsonl, return_mean in log.jsonl)")
+@click.option("--title", default="", help="plot title")
+@click.option("--logy", is_flag=True, help="logarithmic y axis")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
+def plot_cmd(logs, x, y, title, logy, out):
+    """Plot JSONL curves (training metrics.jsonl, collect log.jsonl) into one PNG, a line per file."""
+    from pathlib import Path
+
+    from dtmerge.plots import plot_curves
+
+    runs = {str(Path(p).parent.name if Path(p).parent.name not in ("", ".") else p): Path(p) for p in logs}
+    click.echo(plot_curves(runs, out, x, y, y, title, logy))
+
+
+@main.group("lm")
+def lm_group():
+    """Language models for DT initialisation (ChibiT-style pre-training)."""
+
+
+@lm_group.command("pretrain")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last state")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@pydantic_options(PretrainConfig)
+def lm_pretrain(resume, quiet, **flags):
+    """Pre-train a small GPT-2 (ChibiT's shape by default) on local text files; the model is saved
+    in Hugging Face format under OUT/model, ready for `dtmerge train --init OUT/model`."""
+    from dtmerge.lm.pretrain import pretrain
+
+    cfg = build_config(PretrainConfig, None, flags)
+    click.echo(pretrain(cfg, resume=resume, progress=not quiet))
+
+
+def _parse_params(items):
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.UsageError(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@main.group("data")
+def data_group():
+    """Inspect and convert offline datasets."""
+
+
+@data_group.command("info")
+@click.argument("dataset")
+@click.option("--task", help="halfcheetah, hopper or walker2d (default: from the dataset)")
+def data_info(dataset, task):
+    """Print sizes and return statistics of a D4RL file or Minari dataset as JSON."""
+    from dtmerge.data import load_dataset
+
+    traj, task_ = load_dataset(dataset, task)
+    click.echo(json.dumps(traj.summary(task_), indent=2))
+
+
+@data_group.command("export")
+@click.argument("dataset")
+@click.argument("dest")
+@click.option("--task", help="halfcheetah, hopper or walker2d (default: from the dataset)")
+@click.option("--format", "fmt", type=click.Choice(["d4rl", "minari"]), default="d4rl",
+              help="d4rl: DEST is an .hdf5 file; minari: DEST is a dataset id under --minari-root")
+@click.option("--minari-root", type=click.Path(file_okay=False), help="default: MINARI_DATASETS_PATH")
+def data_export(dataset, dest, task, fmt, minari_root):
+    """Write a dataset in the D4RL HDF5 layout or as a Minari dataset."""
+    from pathlib import Path
+
+    from dtmerge.data import load_dataset, write_d4rl, write_minari
+
+    traj, task_ = load_dataset(dataset, task)
+    if fmt == "d4rl":
+        if Path(dest).resolve() == Path(dataset).resolve():
+            raise click.UsageError(f"{dest}: refusing to overwrite the input dataset")
+        click.echo(write_d4rl(traj, dest))
+    else:
+        click.echo(write_minari(traj, dest, task_, minari_root))
+
+
+@data_group.command("make")
+@click.argument("dataset_id")
+@click.option("--transitions", type=int, help="size [default: 1M; 2M for medium-expert]")
+@click.option("--seed", default=0, help="seed for environments and action sampling")
+@click.option("--force", is_flag=True, help="remake even if cached")
+@click.option("--minari-id", help="also export as this Minari dataset id (needs dtmerge[minari])")
+@click.option("--minari-root", type=click.Path(file_okay=False), help="default: MINARI_DATASETS_PATH")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def data_make(dataset_id, transitions, seed, force, minari_id, minari_root, quiet):
+    """Make DATASET_ID (e.g. hopper-medium, walker2d-medium-expert) from the shipped policies.
+
+    Writes the D4RL HDF5 layout under $DTMERGE_HOME/datasets (default ~/.cache/dtmerge) and prints
+    its path. Levels: random, medium, expert, medium-expert.
+    """
+    from dtmerge.data import load_dataset, write_minari
+    from dtmerge.data.make import parse_id
+
+    parsed = parse_id(dataset_id)
+    if parsed is None:
+        raise click.UsageError(f"{dataset_id!r} is not TASK-LEVEL (tasks: halfcheetah, hopper, walker2d; "
+                               "levels: random, medium, expert, medium-expert)")
+    if seed and parsed[3]:
+        raise click.UsageError("give the seed either in the id or with --seed, not both")
+    from dtmerge.data.make import make_dataset
+
+    path = make_dataset(task=parsed[0].name, level=parsed[1], transitions=transitions or parsed[2],
+                        seed=seed or parsed[3], force=force, progress=not quiet)
+    click.echo(path)
+    traj, task = load_dataset(path)
+    click.echo(json.dumps({k: traj.attrs[k] for k in ("transitions", "trajectories", "return_mean", "score_mean")}))
+    if minari_id:
+        click.echo(write_minari(traj, minari_id, task, minari_root))
+
+
+@data_group.command("collect")
+@click.argument("task")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last state")
+@click.option("--export-dir", type=click.Path(file_okay=False),
+              help="where the expert/medium actors go [default: OUT/export]")
+@click.option("--export-episodes", default=20, help="episodes to measure each exported actor on (fresh seeds)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@pydantic_options(CollectConfig, skip=("task",))
+def data_collect(task, resume, export_dir, export_episodes, quiet, **flags):
+    """Train a PPO behaviour agent for TASK (needs dtmerge[collect]) and export expert and medium actors."""
+    from dtmerge.zoo.collect import collect, export
+
+    cfg = build_config(CollectConfig, None, {**flags, "task": task})
+    out = collect(cfg, resume=resume, progress=not quiet)
+    chosen = export(out, export_dir or out / "export", export_episodes, progress=not quiet)
+    for level, meta in chosen.items():
+        m = meta["measured"]["deterministic"]
+        click.echo(f"{cfg.task}-{level}: step {meta['train_steps']}, return {m['return_mean']:.1f} "
+                   f"± {m['return_std']:.1f}, D4RL-normalised (-v5) {m['score_mean']:.1f}")
+
+
+@data_group.command("zoo")
+def data_zoo():
+    """Print the shipped behaviour policies and what they were measured to reach, as Markdown."""
+    from dtmerge.zoo import zoo_manifest
+
+    click.echo("| policy | algorithm | env steps | return, deterministic (mean ± std) | D4RL-normalised (-v5), "
+               "deterministic | return, stochastic (as in the datasets) | D4RL-normalised (-v5), stochastic |")
+    click.echo("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, p in sorted(zoo_manifest()["policies"].items()):
+        d, s = p["deterministic"], p["stochastic"]
+        click.echo(f"| {name} | {p['algo']} ({p.get('preset', '')}) | {p['train_steps']:,} | "
+                   f"{d['return_mean']:.0f} ± {d['return_std']:.0f} | {d['score_mean']:.1f} | "
+                   f"{s['return_mean']:.0f} ± {s['return_std']:.0f} | {s['score_mean']:.1f} |")
+
+
+@data_group.command("zoo-export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--episodes", default=20, help="episodes to measure each exported actor on (fresh seeds)")
+def data_zoo_export(run_dir, dest, episodes):
+    """Pick expert and medium snapshots of a collect run and export them to DEST."""
+    from dtmerge.zoo.collect import export
+
+    for level, meta in export(run_dir, dest, episodes).items():
+        m = meta["measured"]["deterministic"]
+        click.echo(f"{meta['task']}-{level}: step {meta['train_steps']}, return {m['return_mean']:.1f}, "
+                   f"D4RL-normalised (-v5) {m['score_mean']:.1f}")
+
+
+def _print_eval_file(path):
+    from pathlib import Path
+
+    if Path(path).is_file():
+        from dtmerge.evaluate import TABLE_HEADER, format_result
+
+        click.echo(TABLE_HEADER)
+        click.echo(format_result(json.loads(Path(path).read_text())))

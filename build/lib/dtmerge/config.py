@@ -1,0 +1,83 @@
+"""YAML config files with command-line flags on top, both validated by the same pydantic model.
+
+`pydantic_options(Model)` turns a model's fields into click options (help text from the field
+descriptions), so every option is declared once; `build_config` layers defaults < YAML < flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import get_args, get_origin
+
+import click
+import yaml
+from pydantic import BaseModel, ValidationError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _click_type(annotation):
+    """(click type, multiple) for `int`, `str | None`, `list[float]`, `list[str] | None`, `Literal[...]`."""
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0], True
+    args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    base = args[0]
+    if get_origin(base) is list:
+        return get_args(base)[0], True
+    return (base if base in (int, float, str, bool) else str), False
+
+
+def pydantic_options(model: type[BaseModel], nested: tuple[str, ...] = (), skip: tuple[str, ...] = ()):
+    """Decorator adding one `--flag` per field of `model` (and of the nested models named)."""
+    fields = []
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        if name in nested:
+            fields += list(field.annotation.model_fields.items())
+        else:
+            fields.append((name, field))
+
+    def decorate(fn):
+        for name, field in reversed(fields):
+            typ, multiple = _click_type(field.annotation)
+            value = None if field.is_required() else field.get_default(call_default_factory=True)
+            default = "" if value is None else f" [default: {value}]"
+            help_text = (field.description or "") + default
+            if typ is bool:
+                fn = click.option(f"{_flag(name)}/--no-{name.replace('_', '-')}", name, default=None,
+                                  help=help_text)(fn)
+            else:
+                fn = click.option(_flag(name), name, type=typ, multiple=multiple, default=None,
+                                  help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def build_config(model: type[BaseModel], config_file: str | None, flags: dict,
+                 nested: tuple[str, ...] = ()) -> BaseModel:
+    """Defaults < YAML file < flags that were given; errors name the file and the field."""
+    data: dict = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise click.UsageError(f"{path}: cannot read YAML config ({e})") from None
+        if not isinstance(data, dict):
+            raise click.UsageError(f"{path}: a config file must be a mapping of option: value")
+    for name in nested:
+        data.setdefault(name, {})
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        target = next((data[n] for n in nested if key in model.model_fields[n].annotation.model_fields), data)
+        target[key] = list(value) if isinstance(value, tuple) else value
+    try:
+        return model(**data)
+    except ValidationError as e:
+        where = f"{config_file} + flags" if config_file else "flags"
+        raise click.UsageError(f"invalid configuration ({where}):\n{e}") from None

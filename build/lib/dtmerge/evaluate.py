@@ -1,0 +1,171 @@
+"""Batched evaluation in MuJoCo: every episode of every RTG target runs at once.
+
+`run_episodes` puts one gymnasium environment per episode in a SyncVectorEnv and asks the policy
+for all live episodes' actions in one call per step. Each sub-environment counts exactly its first
+episode (later auto-resets are ignored), so short episodes cannot bias the mean the way
+auto-resetting evaluation loops do. Episode i of every RTG target starts from reset seed
+`seed + i`, so targets are compared on the same start states.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import write_json
+from dtmerge.envs import SCORE_LABEL, Task, get_task
+from dtmerge.model import DecisionTransformer
+from dtmerge.runtime import autocast, pick_device, resolve_precision
+
+
+class BatchPolicy(Protocol):
+    def act(self, obs: np.ndarray, live: np.ndarray, t: int) -> np.ndarray:
+        """Actions (len(live), act_dim) for the live episodes' observations (n, obs_dim) at step t."""
+
+    def observe(self, reward: np.ndarray, t: int) -> None:
+        """Rewards (n,) of step t for every episode (finished ones included, to be ignored)."""
+
+
+def run_episodes(task: Task, seeds: list[int], policy: BatchPolicy, progress: bool = True,
+                 desc: str = "episodes") -> dict:
+    """Run one episode per seed, all at once; returns per-episode returns, lengths and timing."""
+    n, T = len(seeds), task.max_episode_steps
+    envs = gym.vector.SyncVectorEnv([task.make_env for _ in range(n)])
+    obs, _ = envs.reset(seed=list(seeds))
+    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+    done = np.zeros(n, bool)
+    t_policy = t_env = 0.0
+    bar = tqdm(total=T, desc=desc, unit="step", disable=not progress, leave=False)
+    for t in range(T):
+        t0 = time.perf_counter()
+        actions = np.zeros((n, task.act_dim), np.float32)
+        actions[~done] = policy.act(obs, ~done, t)
+        t1 = time.perf_counter()
+        obs, reward, terminated, truncated, _ = envs.step(actions)
+        t_env += time.perf_counter() - t1
+        t_policy += t1 - t0
+        policy.observe(reward, t)
+        returns[~done] += reward[~done]
+        lengths[~done] += 1
+        done |= terminated | truncated
+        bar.update()
+        if done.all():
+            break
+    bar.close()
+    envs.close()
+    return {"returns": returns, "lengths": lengths,
+            "timing": {"model_s": t_policy, "env_s": t_env, "env_steps": int(lengths.sum()),
+                       "model_share": t_policy / max(t_policy + t_env, 1e-9)}}
+
+
+class DTPolicy:
+    """A Decision Transformer acting in many episodes at once, with DT's RTG bookkeeping.
+
+    The context is the last K steps; the return-to-go starts at the target / scale and drops by
+    reward / scale after every step. Windows shorter than K are fed unpadded, which gives the
+    same predictions as masked left padding.
+    """
+
+    def __init__(self, model: DecisionTransformer, task: Task, state_mean, state_std, targets: np.ndarray,
+                 rtg_scale: float, device, precision: str):
+        n, T = len(targets), task.max_episode_steps
+        self.model, self.device, self.precision, self.scale = model.eval(), device, precision, rtg_scale
+        self.K = model.config.context_len
+        self.mean = torch.as_tensor(np.asarray(state_mean), dtype=torch.float32, device=device)
+        self.std = torch.as_tensor(np.asarray(state_std), dtype=torch.float32, device=device)
+        self.states = torch.zeros(n, T, task.obs_dim, device=device)
+        self.actions = torch.zeros(n, T, task.act_dim, device=device)
+        self.rtg = torch.zeros(n, T, 1, device=device)
+        self.rtg[:, 0, 0] = torch.as_tensor(targets / rtg_scale, dtype=torch.float32)
+        self.timesteps = torch.arange(T, device=device)
+
+    def act(self, obs, live, t):
+        self.states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=self.device) - self.mean) / self.std
+        idx = torch.as_tensor(np.flatnonzero(live), device=self.device)
+        lo = max(0, t - self.K + 1)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            pred = self.model(self.states[idx, lo:t + 1], self.actions[idx, lo:t + 1], self.rtg[idx, lo:t + 1],
+                              self.timesteps[lo:t + 1].expand(len(idx), -1), last_only=True)[:, -1].float()
+        self.actions[idx, t] = pred
+        return pred.cpu().numpy()
+
+    def observe(self, reward, t):
+        if t + 1 < self.rtg.shape[1]:
+            r = torch.as_tensor(reward / self.scale, dtype=torch.float32, device=self.device)
+            self.rtg[:, t + 1, 0] = self.rtg[:, t, 0] - r
+
+
+def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targets=None, episodes: int = 10,
+             seed: int = 0, rtg_scale: float = 1000.0, device="cpu", precision: str = "auto",
+             progress: bool = True) -> dict:
+    """Roll out `episodes` episodes per RTG target; returns per-target returns, scores and timing."""
+    if episodes < 1:
+        raise ValueError("episodes must be at least 1")
+    device = pick_device(str(device))
+    precision = resolve_precision(precision, device)
+    targets = [float(t) for t in (targets or task.rtg_targets)]
+    policy = DTPolicy(model.to(device), task, state_mean, state_std, np.repeat(targets, episodes), rtg_scale,
+                      device, precision)
+    seeds = [seed + i for _ in targets for i in range(episodes)]
+    run = run_episodes(task, seeds, policy, progress, desc=f"eval {task.name}")
+    per_target = []
+    for j, target in enumerate(targets):
+        sl = slice(j * episodes, (j + 1) * episodes)
+        per_target.append({"target": target, **episode_stats(task, run["returns"][sl], run["lengths"][sl])})
+    return {"task": task.name, "env_id": task.env_id, "episodes": episodes, "seed": seed, "score": SCORE_LABEL,
+            "precision": precision, "device": str(device), "targets": per_target, "timing": run["timing"]}
+
+
+def episode_stats(task: Task, returns: np.ndarray, lengths: np.ndarray) -> dict:
+    """Mean ± standard error of return and D4RL-normalised score, plus the raw episodes."""
+    s = task.normalized_score(returns)
+    return {"return_mean": float(returns.mean()), "return_stderr": _stderr(returns),
+            "score_mean": float(s.mean()), "score_stderr": _stderr(s), "length_mean": float(lengths.mean()),
+            "returns": returns.tolist(), "lengths": lengths.tolist()}
+
+
+def load_policy_model(path, task: str | None = None):
+    """A checkpoint, or one task of a multi-task bundle, as (model, metadata)."""
+    from dtmerge.checkpoint import CheckpointError, load_checkpoint
+    from dtmerge.merge.bundle import is_bundle, load_bundle_task
+
+    if is_bundle(path):
+        return load_bundle_task(path, task)
+    model, meta = load_checkpoint(path)
+    if task is not None and get_task(task).name != meta["task"]:
+        raise CheckpointError(f"{path}: this checkpoint is for {meta['task']}, not {task}")
+    return model, meta
+
+
+def evaluate_checkpoint(path, episodes: int = 10, targets=None, seed: int = 0, device="auto",
+                        precision: str = "auto", out=None, progress: bool = True, task: str | None = None) -> dict:
+    model, meta = load_policy_model(path, task)
+    task = get_task(meta["task"])
+    result = evaluate(model, task, meta["state_mean"], meta["state_std"], targets, episodes, seed,
+                      meta.get("rtg_scale", 1000.0), device, precision, progress)
+    result["checkpoint"] = str(path)
+    result["step"] = meta.get("step")
+    if out is not None:
+        write_json(Path(out), result)
+    return result
+
+
+TABLE_HEADER = (f"| task | RTG target | return (mean ± s.e.) | {SCORE_LABEL} | episode length |\n"
+                "| --- | --- | --- | --- | --- |")
+
+
+def format_result(result: dict) -> str:
+    """One Markdown row per RTG target."""
+    return "\n".join(f"| {result['task']} | {t['target']:g} | {t['return_mean']:.1f} ± {t['return_stderr']:.1f} | "
+                     f"{t['score_mean']:.1f} ± {t['score_stderr']:.1f} | {t['length_mean']:.0f} |"
+                     for t in result["targets"])
+
+
+def _stderr(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0

@@ -1,0 +1,108 @@
+"""The extra terms of the paper's Eq. 5, L = L_MSE + l1 L_cos + l2 L_LM + l3 L_2 (Section III-C).
+
+L_cos pulls each DT input embedding toward the language model's token-embedding space: minus the
+mean, over tokens, of the maximum cosine similarity to k-means centres of the LM's token
+embeddings (Reid et al., 2022). The original code took, per hidden dimension, the maximum over
+centres of e_j * c_j and averaged those — not a cosine maximum; this is the real one.
+L_2 keeps the trunk near the LM: by default the original's sum over tensors of the (unsquared)
+Frobenius norm of their difference, or the squared L2 distance.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dtmerge.atomic import atomic_path
+from dtmerge.checkpoint import read_tensors
+
+
+def cos_to_centres_loss(embeddings: torch.Tensor, centres: torch.Tensor, mask: torch.Tensor | None = None):
+    """-mean over tokens of max_c cos(e, c); embeddings (..., H), centres (C, H), mask (...) of real tokens."""
+    sim = F.normalize(embeddings.float(), dim=-1) @ F.normalize(centres.float(), dim=-1).T
+    best = sim.max(dim=-1).values
+    if mask is not None:
+        return -best[mask].mean()
+    return -best.mean()
+
+
+def sigmoid_decay(step: int, until: int = 5000) -> float:
+    """The original schedule: ~1 at step 0, 0.5 at until/2, ~0.007 at `until`, -> 0 after."""
+    return 1.0 / (1.0 + math.exp(-((until - step) / (until / 10) - 5)))
+
+
+def l2_to_reference(params: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], norm: str = "fro"):
+    """sum_n ||theta_n - ref_n||_F ("fro", the original's) or sum_n ||theta_n - ref_n||^2 ("squared")."""
+    if norm not in ("fro", "squared"):
+        raise ValueError(f"norm must be fro or squared, not {norm!r}")
+    diffs = [params[n] - reference[n].to(params[n].device) for n in reference]
+    if norm == "fro":  # vector_norm has a zero (sub)gradient at zero distance; sqrt(sum(x^2)) would give NaN
+        return torch.stack([torch.linalg.vector_norm(d) for d in diffs]).sum()
+    return torch.stack([d.pow(2).sum() for d in diffs]).sum()
+
+
+def token_centres(lm_dir, clusters: int = 1000, seed: int = 0) -> torch.Tensor:
+    """k-means centres of an LM's token embeddings (wte), computed once and cached beside the LM.
+
+    Spherical k-means: scikit-learn's KMeans on L2-normalised embeddings, so clusters follow cosine
+    similarity like the original's cosine k-means; centres are returned normalised.
+    """
+    lm_dir = Path(lm_dir)
+    cache = lm_dir / f"dtmerge-kmeans-{clusters}-seed{seed}.safetensors"
+    if cache.is_file():
+        return read_tensors(cache)["centres"]
+    from dtmerge.lm.gpt2 import read_gpt2
+
+    _, tensors = read_gpt2(lm_dir)
+    if "wte.weight" not in tensors:
+        raise ValueError(f"{lm_dir}: no wte.weight (token embeddings) to cluster")
+    try:
+        from sklearn.cluster import KMeans
+    except ImportError:
+        raise ImportError("L_cos needs scikit-learn for k-means: pip install 'dtmerge[lm]'") from None
+    wte = F.normalize(tensors["wte.weight"].float(), dim=-1).numpy()
+    if clusters > len(wte):
+        raise ValueError(f"{clusters} clusters for only {len(wte)} token embeddings in {lm_dir}")
+    km = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(wte)
+    centres = F.normalize(torch.from_numpy(km.cluster_centers_).float(), dim=-1)
+    from safetensors.torch import save_file
+
+    with atomic_path(cache, ".safetensors") as tmp:
+        save_file({"centres": centres.contiguous()}, tmp)
+    return centres
+
+
+class ExtraTerms:
+    """The weighted L_cos and L_2 terms of one training run.
+
+    The L_2 reference is the trunk's blocks as they were at the start (the LM's weights for an LM
+    init), as in the original code; L_cos reads the DT's input embeddings (the `embed_ln` output
+    that enters the trunk) through a forward hook.
+    """
+
+    def __init__(self, model, cos_weight: float = 0.0, cos_until: int = 5000, centres=None,
+                 l2_weight: float = 0.0, l2_norm: str = "fro"):
+        self.cos_weight, self.cos_until, self.l2_weight, self.l2_norm = cos_weight, cos_until, l2_weight, l2_norm
+        self.centres = centres
+        self.reference = {n: p.detach().clone() for n, p in model.named_parameters()
+                          if n.startswith("transformer.h.")} if l2_weight else {}
+        self._embeddings = None
+        if cos_weight:
+            if centres is None:
+                raise ValueError("L_cos needs the centres of a language model's token embeddings")
+            model.embed_ln.register_forward_hook(lambda module, inputs, output: setattr(self, "_embeddings", output))
+
+    def __call__(self, step: int, model, mask) -> dict[str, torch.Tensor]:
+        """{name: weighted term}; the training loss adds them to the action MSE."""
+        terms = {}
+        if self.cos_weight:
+            token_mask = mask.repeat_interleave(3, dim=1)
+            weight = self.cos_weight * sigmoid_decay(step, self.cos_until)
+            terms["cos"] = weight * cos_to_centres_loss(self._embeddings, self.centres.to(mask.device), token_mask)
+        if self.l2_weight:
+            params = dict(model.named_parameters())
+            terms["l2"] = self.l2_weight * l2_to_reference(params, self.reference, self.l2_norm)
+        return terms

@@ -1,0 +1,155 @@
+"""Pre-train a small GPT-2 language model (ChibiT's shape by default: 128 wide, 3 layers, 1 head)
+on text, saved in Hugging Face format so `dtmerge train --init DIR` can start a DT from it.
+
+Tokenizer: GPT-2's when it is on this machine (or named as a directory / hub id), otherwise a
+byte-level BPE trained on the corpus with `tokenizers`. The corpus is any local text
+files (the paper's ChibiT used Wikitext-103). Training samples random `seq_len` blocks of the
+concatenated token stream; every `save_every` steps the model goes to `<out>/model` (HF format)
+and a resumable state (optimizer, RNGs) to `<out>/state`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import atomic_dir, write_json
+from dtmerge.checkpoint import flatten_tensors, load_train_state
+from dtmerge.runtime import RunConfig, autocast, pick_device, resolve_precision, seed_everything
+
+EOS = "<|endoftext|>"
+
+
+class PretrainConfig(RunConfig):
+    corpus: list[str] = Field(description="text files to train on")
+    out: str = Field("runs/chibit", description="run directory (model/ in HF format, state/, metrics.jsonl)")
+    tokenizer: str = Field("auto", description="auto (GPT-2's if in the local Hugging Face cache, else a "
+                                               "BPE trained on the corpus), bpe, or a tokenizer directory / hub id")
+    vocab_size: int = Field(8000, gt=256, description="vocabulary of a locally trained BPE")
+    n_embd: int = Field(128, gt=0, description="embedding width (ChibiT: 128)")
+    n_layer: int = Field(3, gt=0, description="transformer blocks (ChibiT: 3)")
+    n_head: int = Field(1, gt=0, description="attention heads (ChibiT: 1)")
+    n_positions: int = Field(1024, gt=0, description="position embeddings (also the DT's timestep table)")
+    seq_len: int = Field(256, gt=1, description="tokens per training block")
+    batch_size: int = Field(16, gt=0, description="blocks per step")
+    steps: int = Field(10000, gt=0, description="optimizer steps in total")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate after warmup")
+    warmup_steps: int = Field(500, gt=0, description="linear warmup steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+
+
+def load_or_train_tokenizer(cfg: PretrainConfig, out: Path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if cfg.tokenizer == "auto":  # GPT-2's if it is already on this machine (no network wait), else BPE
+        try:
+            return AutoTokenizer.from_pretrained("gpt2", local_files_only=True)
+        except OSError:
+            pass
+    elif cfg.tokenizer != "bpe":
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(p) for p in cfg.corpus], vocab_size=cfg.vocab_size, min_frequency=2, special_tokens=[EOS],
+              show_progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(out / "bpe-tokenizer.json"))
+    return PreTrainedTokenizerFast(tokenizer_file=str(out / "bpe-tokenizer.json"), eos_token=EOS, bos_token=EOS)
+
+
+def tokenize_corpus(files: list[str], tokenizer) -> np.ndarray:
+    ids = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: corpus file not found")
+        ids.extend(tokenizer(path.read_text(errors="replace"))["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    return np.asarray(ids, np.int64)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train; returns `<out>/model`, a Hugging Face GPT-2 directory with its tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = Path(cfg.out)
+    state_dir = out / "state"
+    if state_dir.exists() and not resume:
+        raise FileExistsError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
+    seed_everything(cfg.seed)
+    tokenizer = load_or_train_tokenizer(cfg, out)
+    tokens = tokenize_corpus(cfg.corpus, tokenizer)
+    if len(tokens) <= cfg.seq_len + 1:
+        raise ValueError(f"the corpus has {len(tokens)} tokens, fewer than one block of {cfg.seq_len + 1}")
+    device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        n_positions=cfg.n_positions, bos_token_id=tokenizer.eos_token_id,
+                        eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+    if resume and state_dir.exists():
+        state = load_train_state(state_dir)
+        model.load_state_dict(state["model"], strict=False)  # the tied lm_head is not stored twice
+        model.tie_weights()
+        optim.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = state["block_rng"]
+        step = int(state["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", {**cfg.model_dump(), "corpus_tokens": int(len(tokens)),
+                                     "vocab_size": len(tokenizer)})
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc="lm pretrain", unit="step", disable=not progress)
+    t_last, step_last = time.perf_counter(), step
+    with open(out / "metrics.jsonl", "a") as log:
+        while step < cfg.steps:
+            starts = rng.integers(0, len(tokens) - cfg.seq_len, size=cfg.batch_size)
+            batch = torch.from_numpy(tokens[starts[:, None] + np.arange(cfg.seq_len)]).to(device)
+            lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            with autocast(device, precision):
+                loss = model(input_ids=batch, labels=batch).loss
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, error_if_nonfinite=True)
+            optim.step()
+            step += 1
+            bar.update()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr,
+                                      "steps_per_s": (step - step_last) / (now - t_last)}) + "\n")
+                log.flush()
+                t_last, step_last = now, step
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                _save(out, model, tokenizer, optim, rng, step)
+    bar.close()
+    return out / "model"
+
+
+def _save(out: Path, model, tokenizer, optim, rng, step: int) -> None:
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(tmp)  # config.json + model.safetensors
+        tokenizer.save_pretrained(tmp)
+    state = {"step": step, "model": {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
+             "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
+             "block_rng": rng.bit_generator.state}
+    tensors, skeleton = flatten_tensors(state)
+    from safetensors.torch import save_file
+
+    with atomic_dir(out / "state") as tmp:
+        save_file(tensors, tmp / "train_state.safetensors")
+        write_json(tmp / "train_state.json", skeleton)

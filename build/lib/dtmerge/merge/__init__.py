@@ -1,0 +1,1 @@
+"""Merging: selectors x methods over checkpoints, Fisher information, multi-task bundles, MFF."""

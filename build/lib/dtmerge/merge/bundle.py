@@ -1,0 +1,102 @@
+"""Multi-task bundles: one artifact holding several tasks' DTs that share some tensors.
+
+  bundle.json          format, the tasks (config, state stats, RTG scale/targets, dataset, source),
+                       the names of the shared tensors and how they were made
+  shared.safetensors   tensors every task uses, stored once
+  <task>.safetensors   each task's own tensors (embeddings, head, anything not shared)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dtmerge import __version__
+from dtmerge.atomic import atomic_dir, write_json
+from dtmerge.checkpoint import CheckpointError, check_tensors, read_format_json, read_tensors
+from dtmerge.model import DecisionTransformer, DTConfig
+
+FORMAT = "dtmerge.bundle/1"
+TASK_META_KEYS = ("task", "env_id", "config", "state_mean", "state_std", "rtg_scale", "rtg_targets", "dataset")
+
+
+def is_bundle(path) -> bool:
+    return (Path(path) / "bundle.json").is_file()
+
+
+def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tuple[dict, object]],
+                 info: dict) -> Path:
+    """`per_task[task] = (meta, tensors)`; `tensors` may be a callable returning them, so that
+    only one task's tensors need to be in memory at a time."""
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in shared.items()}, tmp / "shared.safetensors")
+        tasks = {}
+        for task, (meta, tensors) in per_task.items():
+            tensors = tensors() if callable(tensors) else tensors
+            overlap = set(tensors) & set(shared)
+            if overlap:
+                raise ValueError(f"tensors both shared and task-specific for {task}: {sorted(overlap)[:3]}")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{task}.safetensors")
+            tasks[task] = {k: meta[k] for k in TASK_META_KEYS if k in meta}
+        write_json(tmp / "bundle.json", {"format": FORMAT, "dtmerge_version": __version__, "tasks": tasks,
+                                         "shared": sorted(shared), **info})
+    return Path(path)
+
+
+def read_bundle_meta(path) -> dict:
+    return read_format_json(Path(path) / "bundle.json", FORMAT)
+
+
+def load_bundle_task(path, task: str | None = None) -> tuple[DecisionTransformer, dict]:
+    """Build the DT for one task of a bundle; returns it with checkpoint-style metadata."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    if task is None:
+        if len(meta["tasks"]) != 1:
+            raise CheckpointError(f"{path}: bundle holds {', '.join(meta['tasks'])}; choose one with --task")
+        task = next(iter(meta["tasks"]))
+    if task not in meta["tasks"]:
+        raise CheckpointError(f"{path}: no task {task!r} in this bundle (it holds {', '.join(meta['tasks'])})")
+    tmeta = meta["tasks"][task]
+    model = DecisionTransformer(DTConfig(**tmeta["config"]))
+    tensors = {**read_tensors(path / "shared.safetensors"), **read_tensors(path / f"{task}.safetensors")}
+    check_tensors(path / f"{task}.safetensors", model.state_dict(), tensors)
+    model.load_state_dict(tensors)
+    return model, {**tmeta, "bundle": str(path)}
+
+
+def trunk_accounting(path) -> dict:
+    """Transformer (trunk) parameters stored in the bundle relative to one single-task model.
+
+    Counts `transformer.*` tensors only — the blocks and the final LayerNorm, the paper's
+    "transformer parameters" — shared ones once, per-task ones once per task.
+    """
+    path = Path(path)
+    meta = read_bundle_meta(path)
+
+    def counts(file):
+        with safe_open(file, framework="pt") as f:
+            out = {}
+            for name in f.keys():
+                shape = f.get_slice(name).get_shape()
+                out[name] = int(torch.tensor(shape).prod().item()) if shape else 1
+            return out
+
+    shared = counts(path / "shared.safetensors")
+    per_task = {t: counts(path / f"{t}.safetensors") for t in meta["tasks"]}
+    trunk = lambda d: sum(n for k, n in d.items() if k.startswith("transformer."))  # noqa: E731
+    one_model = trunk(shared) + trunk(next(iter(per_task.values())))
+    stored = trunk(shared) + sum(trunk(d) for d in per_task.values())
+    total_stored = sum(shared.values()) + sum(sum(d.values()) for d in per_task.values())
+    return {
+        "tasks": list(meta["tasks"]),
+        "counts": "transformer.* tensors (blocks + final LayerNorm); embeddings and heads not included",
+        "single_model_transformer_params": one_model,
+        "bundle_transformer_params": stored,
+        "shared_transformer_params": trunk(shared),
+        "relative_to_single_model_percent": 100.0 * stored / one_model,
+        "all_params_stored": total_stored,
+    }

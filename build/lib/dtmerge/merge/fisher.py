@@ -1,0 +1,149 @@
+"""Diagonal Fisher information of a DT's trunk, computed once and stored beside its checkpoint.
+
+Estimators (the model is in eval mode; padded tokens are masked out):
+  exact      Fisher of the Gaussian policy N(mu(x), I) over its action means, per window x:
+             F = E_x sum_{t,k} (d mu_tk / d theta)^2 — the expectation over actions is taken in
+             closed form (Matena & Raffel, 2022). Costs K x act_dim backward passes per window.
+  empirical  per-window squared gradient of the log-likelihood of the dataset's actions,
+             E_x (d/dtheta 0.5 ||a - mu(x)||^2)^2.
+  batch      the original code's estimate: squared gradients of the batch-mean MSE, summed over
+             batches and divided by the number of action tokens (for comparison only).
+Per-window gradients are vectorised with torch.func: vmap over windows (empirical), vmap over a
+window's outputs (exact).
+Files: `<checkpoint>/fisher.safetensors` (one tensor per trunk parameter) and `fisher.json`
+(estimator, data, sizes, seed, and the SHA-256 of the model file it belongs to).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch.func import functional_call, grad, vjp, vmap
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import atomic_path, read_json, write_json
+from dtmerge.checkpoint import CheckpointError, load_checkpoint
+from dtmerge.data import WindowSampler, load_dataset
+
+ESTIMATORS = ("exact", "empirical", "batch")
+BATCH_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[str, torch.Tensor]:
+    """Sum over the windows of `batch` of each window's diagonal Fisher (batch: its own estimate)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    trunk = {n: params[n] for n in names}
+    rest = {n: p for n, p in params.items() if n not in trunk}
+    args = tuple(batch[k] for k in BATCH_KEYS)
+
+    if estimator == "batch":
+        model.zero_grad(set_to_none=True)
+        pred = model(*args)
+        loss = ((pred - batch["actions"]) ** 2)[batch["mask"]].mean()
+        grads = torch.autograd.grad(loss, [dict(model.named_parameters())[n] for n in names])
+        return {n: g.detach() ** 2 for n, g in zip(names, grads)}
+
+    def mean_action(tp, s, a, r, t, m):
+        out = functional_call(model, {**rest, **tp}, (s[None], a[None], r[None], t[None], m[None]))[0]
+        return out * m[:, None]  # padded tokens contribute nothing
+
+    if estimator == "empirical":  # vmap over windows of the per-window gradient
+        def per_window(tp, s, a, r, t, m):
+            g = grad(lambda tp: 0.5 * ((mean_action(tp, s, a, r, t, m) - a * m[:, None]) ** 2).sum())(tp)
+            return {n: v ** 2 for n, v in g.items()}
+
+        per = vmap(per_window, in_dims=(None, 0, 0, 0, 0, 0))(trunk, *args)
+        return {n: v.sum(0) for n, v in per.items()}
+    if estimator != "exact":
+        raise ValueError(f"unknown Fisher estimator {estimator!r}; estimators: {', '.join(ESTIMATORS)}")
+    # exact: per window, one forward and a vmap over the real outputs' cotangents (the rows of the
+    # Jacobian). Measured on CPU this beats vmapping jacrev over windows ~4x, whose memory is
+    # windows x outputs x parameters (benchmarks/fisher_speed.py).
+    out = {n: torch.zeros_like(p) for n, p in trunk.items()}
+    for i in range(len(batch["mask"])):
+        x = tuple(v[i] for v in args)
+        pred, pullback = vjp(lambda tp: mean_action(tp, *x), trunk)
+        real = torch.nonzero(x[-1]).flatten()
+        basis = torch.zeros(len(real) * pred.shape[1], *pred.shape)
+        rows = torch.arange(len(basis))
+        basis[rows, real.repeat_interleave(pred.shape[1]), torch.arange(pred.shape[1]).repeat(len(real))] = 1.0
+        for n, g in vmap(pullback)(basis)[0].items():
+            out[n] += (g ** 2).sum(0)
+    return out
+
+
+def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exact", batches: int = 4,
+                   batch_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
+    """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on)."""
+    checkpoint = Path(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
+    model.eval()
+    dataset = dataset or meta.get("dataset")
+    if not dataset:
+        raise CheckpointError(f"{checkpoint}: no dataset recorded; pass --dataset")
+    traj, task = load_dataset(dataset, meta["task"])
+    sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"],
+                            meta.get("rtg_scale", 1000.0), model.config.max_ep_len, seed=seed)
+    names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
+    total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
+    windows = tokens = 0
+    for _ in tqdm(range(batches), desc=f"fisher {estimator}", disable=not progress):
+        batch = sampler.sample(batch_size)
+        for n, v in fisher_terms(model, batch, estimator, names).items():
+            total[n] += v.double()
+        windows += batch_size
+        tokens += int(batch["mask"].sum())
+    denom = tokens if estimator == "batch" else windows
+    fisher = {n: (v / denom).float() for n, v in total.items()}
+    with atomic_path(checkpoint / "fisher.safetensors") as tmp:
+        from safetensors.torch import save_file
+
+        save_file(fisher, tmp)
+    write_json(checkpoint / "fisher.json", {
+        "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
+        "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
+        "normalised_by": "action tokens" if estimator == "batch" else "windows",
+        "model_sha256": file_sha256(checkpoint / "model.safetensors"),
+        "tensors": sorted(fisher), "total": float(sum(v.double().sum() for v in fisher.values()))})
+    return checkpoint / "fisher.safetensors"
+
+
+def read_fisher_meta(checkpoint) -> dict:
+    """fisher.json of a checkpoint, checked to belong to that checkpoint's weights."""
+    checkpoint = Path(checkpoint)
+    try:
+        meta = read_json(checkpoint / "fisher.json")
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint / 'fisher.json'}: file not found; compute it first with "
+                              f"`dtmerge fisher {checkpoint}`") from None
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if meta.get("model_sha256") != file_sha256(checkpoint / "model.safetensors"):
+        raise CheckpointError(f"{checkpoint / 'fisher.safetensors'} does not fit this checkpoint: it was "
+                              f"computed for other weights (model_sha256 differs); recompute it")
+    file = checkpoint / "fisher.safetensors"
+    try:  # one tensor at a time: Fisher files are as large as the model
+        with safe_open(file, framework="pt") as f, safe_open(checkpoint / "model.safetensors", framework="pt") as m:
+            if sorted(f.keys()) != meta.get("tensors"):
+                raise CheckpointError(f"{file}: tensors differ from fisher.json's list")
+            model_names = set(m.keys())
+            for n in f.keys():
+                t = f.get_tensor(n)
+                if n not in model_names or list(t.shape) != m.get_slice(n).get_shape():
+                    raise CheckpointError(f"{file}: {n} does not fit the model's tensors")
+                if not torch.isfinite(t).all() or (t < 0).any():
+                    raise CheckpointError(f"{file}: {n} has negative or non-finite values")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    return meta

@@ -1,0 +1,56 @@
+"""Attention perturbations of a trained DT (Lawson & Qureshi, 2023, Table I).
+
+  random    attention weights replaced by fixed random ones (GPT-2 init, N(0, 0.02), output
+            projection scaled by 1/sqrt(2 n_layer); biases 0), the same for every experiment
+            with the same seed
+  identity  every attention weight set to 1 and bias to 0, as the paper describes ("identity
+            parameters"): an all-ones matrix, not an identity map
+  remove    the attention output projection set to zero, so each block's attention adds nothing
+            and information passes through the residual connections only
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from dtmerge.checkpoint import load_checkpoint, save_checkpoint
+from dtmerge.merge.selectors import resolve
+
+KINDS = ("random", "identity", "remove")
+
+
+def perturb_state(state: dict[str, torch.Tensor], names: list[str], kind: str, n_layer: int,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """A copy of `state` with the attention tensors `names` perturbed."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown perturbation {kind!r}; kinds: {', '.join(KINDS)}")
+    out = dict(state)
+    g = torch.Generator().manual_seed(seed)
+    for name in names:
+        t = state[name]
+        if kind == "identity":
+            out[name] = torch.ones_like(t) if name.endswith(".weight") else torch.zeros_like(t)
+        elif kind == "remove":
+            out[name] = torch.zeros_like(t) if ".c_proj." in name else t.clone()
+        elif name.endswith(".weight"):
+            std = 0.02 / math.sqrt(2 * n_layer) if ".c_proj." in name else 0.02
+            out[name] = torch.randn(t.shape, generator=g, dtype=t.dtype) * std
+        else:
+            out[name] = torch.zeros_like(t)
+    return out
+
+
+def perturb_checkpoint(checkpoint, output, kind: str, select=("attn",), seed: int = 0) -> Path:
+    model, meta = load_checkpoint(checkpoint)
+    groups = model.parameter_groups()
+    names = resolve(list(select), groups, [n for n, _ in model.named_parameters()])
+    not_attn = [n for n in names if n not in set(groups["attn"])]
+    if not_attn:
+        raise ValueError(f"perturbations apply to attention tensors only, not {not_attn[:3]}")
+    model.load_state_dict(perturb_state(model.state_dict(), names, kind, model.config.n_layer, seed))
+    keep = {k: v for k, v in meta.items() if k not in ("format", "dtmerge_version", "config")}
+    return save_checkpoint(output, model, {**keep, "perturbation": {"kind": kind, "select": list(select),
+                                                                     "seed": seed, "source": str(checkpoint)}})

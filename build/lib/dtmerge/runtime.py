@@ -1,0 +1,65 @@
+"""Device, precision and seeding choices shared by training and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunConfig(BaseModel):
+    """Settings every training run shares (DT training, LM pre-training)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, description="seed for torch, numpy, dropout and data sampling")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    precision: str = Field("auto", description="auto (bf16 where native), bf16 or fp32")
+    log_every: int = Field(100, gt=0, description="steps between metrics lines")
+    save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off only with native bf16 math (CUDA Ampere+, or AVX512-BF16/AMX CPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+_DROPOUT_RNG = np.random.Generator(np.random.PCG64(0))
+
+
+def dropout_rng() -> np.random.Generator:
+    """The generator of the model's CPU dropout masks (see dtmerge.model.gpt.dropout)."""
+    return _DROPOUT_RNG
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    _DROPOUT_RNG.bit_generator.state = np.random.PCG64(seed).state

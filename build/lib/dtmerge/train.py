@@ -1,0 +1,220 @@
+"""Train one Decision Transformer on one offline dataset (the original DT recipe, made resumable).
+
+AdamW with linear warmup, gradient clipping, action MSE on real (unpadded) tokens (plus, if asked,
+the L_cos and L_2 terms of the paper's Eq. 5); bf16 autocast where the hardware has native bf16;
+a random, checkpoint or GPT-2 initialisation, with any selector of parameters frozen. Every
+`save_every` steps the run writes a checkpoint that holds the optimizer moments and all RNG states,
+so `resume=True` ends with exactly the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from dtmerge.atomic import write_json
+from dtmerge.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+    trunk_sha256,
+)
+from dtmerge.data import WindowSampler, load_dataset
+from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.runtime import RunConfig, autocast, dropout_rng, pick_device, resolve_precision, seed_everything
+
+
+class ModelShape(BaseModel):
+    """The DT architecture minus the task's state/action sizes (which come from the dataset)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_embd: int = Field(128, gt=0, description="embedding width")
+    n_layer: int = Field(3, gt=0, description="transformer blocks")
+    n_head: int = Field(1, gt=0, description="attention heads")
+    activation: str = Field("relu", description="MLP activation: relu, gelu or gelu_new")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="embedding, attention and residual dropout")
+    context_len: int = Field(20, gt=0, description="K: timesteps per training window")
+
+
+class TrainConfig(RunConfig):
+    dataset: str = Field(description="D4RL .hdf5 file, Minari dataset directory or Minari id")
+    task: str | None = Field(None, description="halfcheetah, hopper or walker2d (default: from the dataset)")
+    out: str = Field("runs/dt", description="run directory (checkpoint/, metrics.jsonl, eval.json)")
+    steps: int = Field(10000, gt=0, description="optimizer steps in total")
+    batch_size: int = Field(64, gt=0, description="windows per step")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate after warmup")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(10000, gt=0, description="linear learning-rate warmup steps")
+    grad_clip: float = Field(0.25, gt=0, description="gradient norm clip")
+    rtg_scale: float = Field(1000.0, gt=0, description="returns-to-go are divided by this")
+    eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
+    eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
+    model: ModelShape = Field(default_factory=ModelShape)
+    init: str | None = Field(None, description="start from a DT checkpoint (its architecture and state "
+                                               "normalisation are kept) or a GPT-2 model (Hugging Face "
+                                               "directory or hub id: its trunk) instead of a random init")
+    share_lm_positions: bool = Field(True, description="with a GPT-2 init, use its position embedding as "
+                                                       "the timestep embedding (tiled past its length)")
+    freeze: list[str] = Field(default_factory=list, description="selector of parameters to keep fixed "
+                                                                 "(groups such as attn, mlp; globs; '!item')")
+    cos_weight: float = Field(0.0, ge=0, description="l1 of Eq. 5: weight of L_cos, the pull of input "
+                                                     "embeddings toward the LM's token clusters (needs a GPT-2 init)")
+    cos_until: int = Field(5000, gt=0, description="the L_cos weight decays (sigmoid) to ~0 by this step")
+    cos_clusters: int = Field(1000, gt=0, description="k-means centres of the LM's token embeddings")
+    l2_weight: float = Field(0.0, ge=0, description="l3 of Eq. 5: weight of L_2, the distance of the trunk's "
+                                                    "blocks to their initial (e.g. the LM's) weights")
+    l2_norm: Literal["fro", "squared"] = Field("fro", description="fro: sum of per-tensor Frobenius norms (the "
+                                                                  "original); squared: squared L2 distance")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train, checkpoint to `<out>/checkpoint`, and (if eval_episodes) write `<out>/eval.json`."""
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    if ckpt.exists() and not resume:
+        raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
+    traj, task = load_dataset(cfg.dataset, cfg.task)
+    device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    model, state_mean, state_std, init_meta = _initial_model(cfg, traj, task)
+    model.to(device)
+    frozen = set(_resolve_freeze(cfg.freeze, model))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    extra = _extra_terms(cfg, model, init_meta)
+    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = WindowSampler(traj, model.config.context_len, state_mean, state_std, cfg.rtg_scale,
+                            model.config.max_ep_len, seed=cfg.seed)
+    step = 0
+    if resume and ckpt.exists():
+        step = _restore(ckpt, cfg, model, optim, sampler, device)
+    meta = {"task": task.name, "env_id": task.env_id, "dataset": cfg.dataset,
+            "dataset_attrs": traj.attrs, "state_mean": np.asarray(state_mean).tolist(),
+            "state_std": np.asarray(state_std).tolist(),
+            "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
+            "train_config": cfg.model_dump(), "frozen": sorted(frozen), **init_meta}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.model_dump())
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.name}", unit="step", disable=not progress)
+    t_last, step_last = time.perf_counter(), step
+    with open(out / "metrics.jsonl", "a") as log:
+        while step < cfg.steps:
+            batch = sampler.sample(cfg.batch_size, device)
+            lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            with autocast(device, precision):
+                pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
+                             batch["mask"])
+            mse = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
+            terms = extra(step, model, batch["mask"])
+            loss = mse + sum(terms.values())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, error_if_nonfinite=True)
+            optim.step()
+            step += 1
+            bar.update()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rec = {"step": step, "loss": loss.item(), "mse": mse.item(),
+                       **{f"loss_{k}": v.item() for k, v in terms.items()}, "lr": lr,
+                       "grad_norm": grad_norm.item(), "steps_per_s": (step - step_last) / (now - t_last)}
+                t_last, step_last = now, step
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt, model, {**meta, "step": step},
+                                _train_state(step, optim, sampler, device))
+    bar.close()
+    if cfg.eval_episodes:
+        from dtmerge.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(ckpt, cfg.eval_episodes, cfg.eval_targets, seed=cfg.seed, device=cfg.device,
+                            precision=cfg.precision, out=out / "eval.json", progress=progress)
+    return ckpt
+
+
+def _initial_model(cfg: TrainConfig, traj, task):
+    """A fresh DT, or the `init` checkpoint's; plus the state statistics and the init's trunk hash."""
+    if cfg.init is None:
+        model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
+                                             **cfg.model.model_dump()))
+        state_mean, state_std = traj.state_stats()
+        init_meta = {"init": "random"}
+    elif not (Path(cfg.init) / "meta.json").is_file():  # a language model
+        from dtmerge.lm import dt_from_gpt2
+
+        model = dt_from_gpt2(cfg.init, task.obs_dim, task.act_dim, cfg.model.context_len,
+                             dropout=cfg.model.dropout, share_position_embedding=cfg.share_lm_positions)
+        state_mean, state_std = traj.state_stats()
+        init_meta = {"init": str(cfg.init), "init_kind": "gpt2"}
+    else:
+        model, meta = load_checkpoint(cfg.init)
+        if meta["task"] != task.name:
+            raise CheckpointError(f"{cfg.init}: init checkpoint is for {meta['task']}, the dataset for {task.name}")
+        state_mean, state_std = (np.asarray(meta[k], np.float32) for k in ("state_mean", "state_std"))
+        init_meta = {"init": str(cfg.init)}
+    init_meta["init_trunk_sha256"] = trunk_sha256(model.state_dict())
+    return model, state_mean, state_std, init_meta
+
+
+def _extra_terms(cfg: TrainConfig, model, init_meta: dict):
+    from dtmerge.lm.objectives import ExtraTerms, token_centres
+
+    centres = None
+    if cfg.cos_weight:
+        if init_meta.get("init_kind") != "gpt2":
+            raise ValueError("cos_weight (L_cos) needs a language-model init: pass --init with a GPT-2 model")
+        from dtmerge.lm.gpt2 import resolve_lm_dir
+
+        centres = token_centres(resolve_lm_dir(cfg.init), cfg.cos_clusters, cfg.seed)
+    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm)
+
+
+def _resolve_freeze(selector: list[str], model) -> list[str]:
+    if not selector:
+        return []
+    from dtmerge.merge.selectors import resolve
+
+    return resolve(selector, model.parameter_groups(), [n for n, _ in model.named_parameters()])
+
+
+def _train_state(step, optim, sampler, device) -> dict:
+    state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
+             "sampler_rng": sampler.get_state(), "dropout_rng": dropout_rng().bit_generator.state}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore(ckpt: Path, cfg: TrainConfig, model, optim, sampler, device) -> int:
+    saved = read_meta(ckpt)["train_config"]
+    ignore = {"steps", "device", "log_every", "save_every", "eval_episodes", "eval_targets"}
+    diff = {k: (saved.get(k), v) for k, v in cfg.model_dump().items() if k not in ignore and saved.get(k) != v}
+    if diff:
+        raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
+    loaded, _ = load_checkpoint(ckpt)
+    model.load_state_dict(loaded.state_dict())
+    state = load_train_state(ckpt)
+    optim.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    sampler.set_state(state["sampler_rng"])
+    dropout_rng().bit_generator.state = state["dropout_rng"]
+    return int(state["step"])
