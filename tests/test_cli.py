@@ -70,3 +70,11 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):
     assert r.exit_code == 1 and "missing.hdf5: file not found" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["eval", str(tmp_path)])
     assert r.exit_code == 1 and "meta.json: file not found" in r.output
+
+
+def test_multitask_from_the_command_line(tmp_path, task_files):
+    r = run("train", "--dataset", task_files["hopper"], "--dataset", task_files["walker2d"], "--out", tmp_path / "m",
+            "--steps", 2, "--warmup-steps", 1, "--n-embd", 32, "--n-layer", 1, "--eval-episodes", 1,
+            "--eval-targets", 100, "--device", "cpu", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "| hopper | 100 |" in r.output and "| walker2d | 100 |" in r.output

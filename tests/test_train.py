@@ -127,3 +127,45 @@ def test_train_writes_eval_json(tmp_path, hopper_file):
     assert result["score"] == "D4RL-normalised (-v5)" and result["targets"][0]["target"] == 1000.0
     again = evaluate_checkpoint(ck, episodes=2, targets=[1000.0], precision="fp32", device="cpu", progress=False)
     assert again["targets"] == result["targets"]
+
+
+def test_multitask_training_updates_every_task_and_saves_a_bundle(tmp_path, task_files):
+    from dtmerge.merge.bundle import load_bundle_task, trunk_accounting
+
+    names = ["hopper", "walker2d", "halfcheetah"]
+    cfg = _cfg(task_files["hopper"], tmp_path / "multi", steps=4, save_every=2)
+    cfg = cfg.model_copy(update={"dataset": [str(task_files[n]) for n in names]})
+    ckpt = train(cfg, progress=False)
+    assert (ckpt / "bundle.json").is_file()
+    models = {n: load_bundle_task(ckpt, n)[0] for n in names}
+    first = [json.loads(line) for line in open(tmp_path / "multi" / "metrics.jsonl")][0]
+    assert {"mse_hopper", "mse_walker2d", "mse_halfcheetah"} <= first.keys()
+    trunk = {k: v for k, v in models["hopper"].state_dict().items() if k.startswith("transformer.")}
+    for n in names[1:]:
+        assert all(torch.equal(t, models[n].state_dict()[k]) for k, t in trunk.items())
+    assert trunk_accounting(ckpt)["relative_to_single_model_percent"] == 100.0
+    # resume: 2 + 2 steps gives the weights of 4 straight steps
+    half = train(cfg.model_copy(update={"out": str(tmp_path / "half"), "steps": 2}), progress=False)
+    resumed = train(cfg.model_copy(update={"out": str(tmp_path / "half")}), resume=True, progress=False)
+    for n in names:
+        a, b = load_bundle_task(ckpt, n)[0].state_dict(), load_bundle_task(resumed, n)[0].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert half == resumed
+    with pytest.raises(ValueError, match="one dataset per task"):
+        train(cfg.model_copy(update={"out": str(tmp_path / "dup"),
+                                     "dataset": [str(task_files["hopper"])] * 2}), progress=False)
+
+
+def test_multitask_heads_move_from_their_init(tmp_path, task_files):
+    """Each task's head changes during multi-task training (not just the last task's)."""
+    from dtmerge.merge.bundle import load_bundle_task
+
+    names = ["hopper", "walker2d"]
+    base = _cfg(task_files["hopper"], tmp_path / "a", steps=1, save_every=1)
+    one = train(base.model_copy(update={"dataset": [str(task_files[n]) for n in names]}), progress=False)
+    three = train(base.model_copy(update={"dataset": [str(task_files[n]) for n in names],
+                                          "out": str(tmp_path / "b"), "steps": 3}), progress=False)
+    for n in names:
+        h1 = load_bundle_task(one, n)[0].predict_action[0].weight
+        h3 = load_bundle_task(three, n)[0].predict_action[0].weight
+        assert not torch.equal(h1, h3), n

@@ -36,10 +36,15 @@ def save_checkpoint(path, model: DecisionTransformer, meta: dict, train_state: d
         write_json(tmp / "meta.json", {"format": FORMAT, "dtmerge_version": __version__,
                                        "config": model.config.model_dump(), **meta})
         if train_state is not None:
-            tensors, skeleton = flatten_tensors(train_state)
-            save_file(tensors, tmp / "train_state.safetensors")
-            write_json(tmp / "train_state.json", skeleton)
+            write_train_state(tmp, train_state)
     return path
+
+
+def write_train_state(directory: Path, state: dict) -> None:
+    """A resumable training state as train_state.safetensors + train_state.json in `directory`."""
+    tensors, skeleton = flatten_tensors(state)
+    save_file(tensors, Path(directory) / "train_state.safetensors")
+    write_json(Path(directory) / "train_state.json", skeleton)
 
 
 def read_tensors(file) -> dict[str, torch.Tensor]:

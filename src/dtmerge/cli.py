@@ -43,7 +43,8 @@ def main():
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @pydantic_options(TrainConfig, nested=("model",))
 def train_cmd(config_file, resume, quiet, **flags):
-    """Train one Decision Transformer on one dataset and evaluate it."""
+    """Train a Decision Transformer on a dataset and evaluate it; several --dataset (one per task)
+    train one multi-task DT, saved as a bundle."""
     from dtmerge.train import train
 
     cfg = build_config(TrainConfig, config_file, flags, nested=("model",))
@@ -361,5 +362,7 @@ def _print_eval_file(path):
     if Path(path).is_file():
         from dtmerge.evaluate import TABLE_HEADER, format_result
 
+        saved = json.loads(Path(path).read_text())
         click.echo(TABLE_HEADER)
-        click.echo(format_result(json.loads(Path(path).read_text())))
+        for result in saved.get("results", [saved]):  # a multi-task run holds one result per task
+            click.echo(format_result(result))

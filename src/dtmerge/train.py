@@ -1,4 +1,8 @@
-"""Train one Decision Transformer on one offline dataset (the original DT recipe, made resumable).
+"""Train a Decision Transformer on one offline dataset (the original DT recipe, made resumable), or
+one multi-task DT on several: a shared trunk and timestep embedding, per-task embeddings and heads
+in registered modules, a batch from every task each step and the sum of their losses (the paper's
+multi-task baseline, without the original's bug that left two tasks' heads untrained). A
+multi-task run is saved as a multi-task bundle, evaluated like a merged one.
 
 AdamW with linear warmup, gradient clipping, action MSE on real (unpadded) tokens (plus, if asked,
 the L_cos and L_2 terms of the paper's Eq. 5); bf16 autocast where the hardware has native bf16;
@@ -16,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import write_json
@@ -46,8 +50,14 @@ class ModelShape(BaseModel):
 
 
 class TrainConfig(RunConfig):
-    dataset: str = Field(description="D4RL .hdf5 file, Minari dataset directory or Minari id")
+    dataset: list[str] = Field(description="D4RL .hdf5 file, Minari dataset directory or id, or a made id like "
+                                           "hopper-medium; several (one per task) train one multi-task DT")
     task: str | None = Field(None, description="halfcheetah, hopper or walker2d (default: from the dataset)")
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _one_or_more(cls, v):
+        return [v] if isinstance(v, str) else v
     out: str = Field("runs/dt", description="run directory (checkpoint/, metrics.jsonl, eval.json)")
     steps: int = Field(10000, gt=0, description="optimizer steps in total")
     batch_size: int = Field(64, gt=0, description="windows per step")
@@ -77,50 +87,67 @@ class TrainConfig(RunConfig):
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train, checkpoint to `<out>/checkpoint`, and (if eval_episodes) write `<out>/eval.json`."""
+    """Train, checkpoint to `<out>/checkpoint` (a bundle for several datasets), and (if eval_episodes)
+    write `<out>/eval.json`."""
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
-    traj, task = load_dataset(cfg.dataset, cfg.task)
+    multi = len(cfg.dataset) > 1
+    if multi and (cfg.task or cfg.cos_weight or (cfg.init and (Path(cfg.init) / "meta.json").is_file())):
+        raise ValueError("a multi-task run takes no --task, no --cos-weight and no DT checkpoint as --init")
+    data = [load_dataset(d, cfg.task) for d in cfg.dataset]
+    names = [task.name for _, task in data]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a multi-task run needs one dataset per task, got tasks {names}")
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
-    model, state_mean, state_std, init_meta = _initial_model(cfg, traj, task)
-    model.to(device)
-    frozen = set(_resolve_freeze(cfg.freeze, model))
-    for name, p in model.named_parameters():
-        p.requires_grad_(name not in frozen)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    extra = _extra_terms(cfg, model, init_meta)
+    built = [_initial_model(cfg, traj, task) for traj, task in data]
+    models = [b[0] for b in built]
+    for m in models[1:]:  # one trunk and timestep embedding for every task
+        m.transformer, m.embed_timestep = models[0].transformer, models[0].embed_timestep
+    for m in models:
+        m.to(device)
+    frozen = set(_resolve_freeze(cfg.freeze, models[0]))
+    for m in models:
+        for name, p in m.named_parameters():
+            p.requires_grad_(name not in frozen)
+    trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad]
+    init_meta = {**built[0][3], "init_trunk_sha256": trunk_sha256(models[0].state_dict())}
+    extra = _extra_terms(cfg, models[0], init_meta)
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = WindowSampler(traj, model.config.context_len, state_mean, state_std, cfg.rtg_scale,
-                            model.config.max_ep_len, seed=cfg.seed)
+    samplers = [WindowSampler(traj, m.config.context_len, mean, std, cfg.rtg_scale, m.config.max_ep_len,
+                              seed=cfg.seed + i)
+                for i, ((traj, _), m, (_, mean, std, _)) in enumerate(zip(data, models, built))]
     step = 0
     if resume and ckpt.exists():
-        step = _restore(ckpt, cfg, model, optim, sampler, device)
-    meta = {"task": task.name, "env_id": task.env_id, "dataset": cfg.dataset,
-            "dataset_attrs": traj.attrs, "state_mean": np.asarray(state_mean).tolist(),
-            "state_std": np.asarray(state_std).tolist(),
-            "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
-            "train_config": cfg.model_dump(), "frozen": sorted(frozen), **init_meta}
+        step = _restore(ckpt, cfg, models, names, optim, samplers, device)
+    metas = [{"task": task.name, "env_id": task.env_id, "dataset": d, "dataset_attrs": traj.attrs,
+              "state_mean": np.asarray(mean).tolist(), "state_std": np.asarray(std).tolist(),
+              "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
+              "train_config": cfg.model_dump(), "frozen": sorted(frozen), **init_meta}
+             for d, (traj, task), (_, mean, std, _) in zip(cfg.dataset, data, built)]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.model_dump())
 
-    model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {task.name}", unit="step", disable=not progress)
+    for m in models:
+        m.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'+'.join(names)}", unit="step", disable=not progress)
     t_last, step_last = time.perf_counter(), step
     with open(out / "metrics.jsonl", "a") as log:
         while step < cfg.steps:
-            batch = sampler.sample(cfg.batch_size, device)
+            batches = [s.sample(cfg.batch_size, device) for s in samplers]
             lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
             for group in optim.param_groups:
                 group["lr"] = lr
-            with autocast(device, precision):
-                pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"],
-                             batch["mask"])
-            mse = ((pred.float() - batch["actions"]) ** 2)[batch["mask"]].mean()
-            terms = extra(step, model, batch["mask"])
+            mses = []
+            for m, b in zip(models, batches):
+                with autocast(device, precision):
+                    pred = m(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+                mses.append(((pred.float() - b["actions"]) ** 2)[b["mask"]].mean())
+            mse = torch.stack(mses).sum()  # the original multi-task code summed the tasks' losses
+            terms = extra(step, models[0], batches[0]["mask"])
             loss = mse + sum(terms.values())
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -131,6 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 rec = {"step": step, "loss": loss.item(), "mse": mse.item(),
+                       **({f"mse_{n}": v.item() for n, v in zip(names, mses)} if multi else {}),
                        **{f"loss_{k}": v.item() for k, v in terms.items()}, "lr": lr,
                        "grad_norm": grad_norm.item(), "steps_per_s": (step - step_last) / (now - t_last)}
                 t_last, step_last = now, step
@@ -138,15 +166,32 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt, model, {**meta, "step": step},
-                                _train_state(step, optim, sampler, device))
+                _save(ckpt, models, metas, _train_state(step, optim, samplers, device), step)
     bar.close()
     if cfg.eval_episodes:
         from dtmerge.evaluate import evaluate_checkpoint
 
-        evaluate_checkpoint(ckpt, cfg.eval_episodes, cfg.eval_targets, seed=cfg.seed, device=cfg.device,
-                            precision=cfg.precision, out=out / "eval.json", progress=progress)
+        results = [evaluate_checkpoint(ckpt, cfg.eval_episodes, cfg.eval_targets, seed=cfg.seed, device=cfg.device,
+                                       precision=cfg.precision, progress=progress, task=n) for n in names]
+        write_json(out / "eval.json", results[0] if not multi else {"results": results})
     return ckpt
+
+
+def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:
+    """A checkpoint for one task; for several, a bundle whose shared tensors are the trunk and
+    timestep embedding."""
+    if len(models) == 1:
+        save_checkpoint(ckpt, models[0], {**metas[0], "step": step}, train_state)
+        return
+    from dtmerge.merge.bundle import write_bundle
+
+    first = models[0].state_dict()
+    shared = {n: t for n, t in first.items() if n.startswith(("transformer.", "embed_timestep."))}
+    per_task = {meta["task"]: ({**meta, "config": m.config.model_dump()},
+                               {n: t for n, t in m.state_dict().items() if n not in shared})
+                for m, meta in zip(models, metas)}
+    write_bundle(ckpt, shared, per_task, {"multitask": {"step": step, "train_config": metas[0]["train_config"]}},
+                 train_state)
 
 
 def _initial_model(cfg: TrainConfig, traj, task):
@@ -169,7 +214,6 @@ def _initial_model(cfg: TrainConfig, traj, task):
             raise CheckpointError(f"{cfg.init}: init checkpoint is for {meta['task']}, the dataset for {task.name}")
         state_mean, state_std = (np.asarray(meta[k], np.float32) for k in ("state_mean", "state_std"))
         init_meta = {"init": str(cfg.init)}
-    init_meta["init_trunk_sha256"] = trunk_sha256(model.state_dict())
     return model, state_mean, state_std, init_meta
 
 
@@ -194,27 +238,31 @@ def _resolve_freeze(selector: list[str], model) -> list[str]:
     return resolve(selector, model.parameter_groups(), [n for n, _ in model.named_parameters()])
 
 
-def _train_state(step, optim, sampler, device) -> dict:
+def _train_state(step, optim, samplers, device) -> dict:
     state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
-             "sampler_rng": sampler.get_state(), "dropout_rng": dropout_rng().bit_generator.state}
+             "sampler_rng": [s.get_state() for s in samplers], "dropout_rng": dropout_rng().bit_generator.state}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _restore(ckpt: Path, cfg: TrainConfig, model, optim, sampler, device) -> int:
-    saved = read_meta(ckpt)["train_config"]
+def _restore(ckpt: Path, cfg: TrainConfig, models, names, optim, samplers, device) -> int:
+    from dtmerge.merge.bundle import is_bundle, load_bundle_task, read_bundle_meta
+
+    saved = read_bundle_meta(ckpt)["multitask"]["train_config"] if is_bundle(ckpt) else read_meta(ckpt)["train_config"]
     ignore = {"steps", "device", "log_every", "save_every", "eval_episodes", "eval_targets"}
     diff = {k: (saved.get(k), v) for k, v in cfg.model_dump().items() if k not in ignore and saved.get(k) != v}
     if diff:
         raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
-    loaded, _ = load_checkpoint(ckpt)
-    model.load_state_dict(loaded.state_dict())
+    for model, name in zip(models, names):
+        loaded, _ = load_bundle_task(ckpt, name) if len(models) > 1 else load_checkpoint(ckpt)
+        model.load_state_dict(loaded.state_dict())
     state = load_train_state(ckpt)
     optim.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], device)
-    sampler.set_state(state["sampler_rng"])
+    for sampler, rng_state in zip(samplers, state["sampler_rng"]):
+        sampler.set_state(rng_state)
     dropout_rng().bit_generator.state = state["dropout_rng"]
     return int(state["step"])

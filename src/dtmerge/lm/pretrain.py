@@ -20,7 +20,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, write_json
-from dtmerge.checkpoint import flatten_tensors, load_train_state
+from dtmerge.checkpoint import load_train_state, write_train_state
 from dtmerge.runtime import RunConfig, autocast, pick_device, resolve_precision, seed_everything
 
 EOS = "<|endoftext|>"
@@ -147,9 +147,5 @@ def _save(out: Path, model, tokenizer, optim, rng, step: int) -> None:
     state = {"step": step, "model": {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
              "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
              "block_rng": rng.bit_generator.state}
-    tensors, skeleton = flatten_tensors(state)
-    from safetensors.torch import save_file
-
     with atomic_dir(out / "state") as tmp:
-        save_file(tensors, tmp / "train_state.safetensors")
-        write_json(tmp / "train_state.json", skeleton)
+        write_train_state(tmp, state)

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, write_json
-from dtmerge.checkpoint import CheckpointError, check_tensors, read_format_json, read_tensors
+from dtmerge.checkpoint import CheckpointError, check_tensors, read_format_json, read_tensors, write_train_state
 from dtmerge.model import DecisionTransformer, DTConfig
 
 FORMAT = "dtmerge.bundle/1"
@@ -28,10 +28,12 @@ def is_bundle(path) -> bool:
 
 
 def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tuple[dict, object]],
-                 info: dict) -> Path:
+                 info: dict, train_state: dict | None = None) -> Path:
     """`per_task[task] = (meta, tensors)`; `tensors` may be a callable returning them, so that
-    only one task's tensors need to be in memory at a time."""
+    only one task's tensors need to be in memory at a time. A training run adds its resumable state."""
     with atomic_dir(path) as tmp:
+        if train_state is not None:
+            write_train_state(tmp, train_state)
         save_file({k: v.contiguous() for k, v in shared.items()}, tmp / "shared.safetensors")
         tasks = {}
         for task, (meta, tensors) in per_task.items():

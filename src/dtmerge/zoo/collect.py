@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, read_json, write_json
-from dtmerge.checkpoint import flatten_tensors, load_train_state
+from dtmerge.checkpoint import load_train_state, write_train_state
 from dtmerge.envs import get_task
 from dtmerge.evaluate import episode_stats, run_episodes
 from dtmerge.zoo.actor import Actor
@@ -190,12 +190,8 @@ def _save_state(state_dir: Path, model, venv) -> None:
              "obs_rms": {k: torch.as_tensor(getattr(venv.obs_rms, k)) for k in ("mean", "var")},
              "obs_count": float(venv.obs_rms.count), "ret_var": float(venv.ret_rms.var),
              "ret_mean": float(venv.ret_rms.mean), "ret_count": float(venv.ret_rms.count)}
-    tensors, skeleton = flatten_tensors(state)
-    from safetensors.torch import save_file
-
     with atomic_dir(state_dir) as tmp:
-        save_file(tensors, tmp / "train_state.safetensors")
-        write_json(tmp / "train_state.json", skeleton)
+        write_train_state(tmp, state)
 
 
 def _restore(state_dir: Path, model, venv) -> None:
