@@ -63,6 +63,9 @@ def test_shipped_config_files_are_valid():
     TrainConfig(**yaml.safe_load((root / "train-hopper.yaml").read_text()))
     assert load_merge_config(root / "merge-attention-swap.yaml").params == {"alpha": 1.0}
     assert MFFConfig(**yaml.safe_load((root / "mff-fisher.yaml").read_text())).merge.method == "fisher"
+    from dtmerge.merge.pipeline import FinetuneMergeConfig
+
+    assert FinetuneMergeConfig(**yaml.safe_load((root / "finetune-merge.yaml").read_text())).method == "fisher"
 
 
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path):

@@ -236,3 +236,33 @@ def test_merge_cli_yaml_dry_run_and_info(tmp_path, task_models):
     assert acc["relative_to_single_model_percent"] < 200
     r = CliRunner().invoke(main, ["merge", str(cfg), "--param", "beta=1"])
     assert r.exit_code != 0
+
+
+def test_finetune_then_merge_from_a_multitask_bundle(tmp_path, task_files):
+    from dtmerge.merge.pipeline import FinetuneMergeConfig, finetune_then_merge
+
+    names = ["hopper", "walker2d"]
+    multi = train(TrainConfig(dataset=[str(task_files[n]) for n in names], out=str(tmp_path / "multi"), steps=2,
+                              warmup_steps=1, batch_size=8, eval_episodes=0, device="cpu", precision="fp32",
+                              model=TINY), progress=False)
+    out = finetune_then_merge(FinetuneMergeConfig(
+        multitask=str(multi), datasets={n: str(task_files[n]) for n in names}, output=str(tmp_path / "merged"),
+        finetune={"steps": 3, "warmup_steps": 1, "batch_size": 8, "device": "cpu", "precision": "fp32"},
+        fisher={"estimator": "empirical", "batches": 1, "batch_size": 4}), progress=False)
+    start = {n: load_bundle_task(multi, n)[0].state_dict() for n in names}
+    tuned = {n: load_checkpoint(tmp_path / "merged.runs" / n / "checkpoint")[0].state_dict() for n in names}
+    merged = {n: load_bundle_task(out, n)[0].state_dict() for n in names}
+    for n in names:
+        assert torch.equal(tuned[n]["transformer.ln_f.weight"], start[n]["transformer.ln_f.weight"])  # frozen
+        assert torch.equal(tuned[n]["embed_timestep.weight"], start[n]["embed_timestep.weight"])
+        assert not torch.equal(tuned[n]["transformer.h.0.mlp.c_fc.weight"],
+                               start[n]["transformer.h.0.mlp.c_fc.weight"])
+        assert torch.equal(merged[n]["embed_state.weight"], tuned[n]["embed_state.weight"])  # own parts kept
+    fc = "transformer.h.0.mlp.c_fc.weight"
+    w = merged["hopper"][fc]
+    assert torch.equal(w, merged["walker2d"][fc])  # one shared trunk
+    lo = torch.minimum(tuned["hopper"][fc], tuned["walker2d"][fc])
+    hi = torch.maximum(tuned["hopper"][fc], tuned["walker2d"][fc])
+    assert bool(((w >= lo - 1e-7) & (w <= hi + 1e-7)).all())  # a Fisher-weighted mean lies between the two
+    meta = load_checkpoint(tmp_path / "merged.runs" / "hopper" / "checkpoint")[1]
+    assert meta["init_kind"] == "bundle" and meta["state_mean"] == load_bundle_task(multi, "hopper")[1]["state_mean"]

@@ -144,16 +144,20 @@ def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, quiet)
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def mff_cmd(config_file, quiet):
     """Merge-Freeze-Finetune from a YAML file (merge: ..., output, datasets, finetune: ...)."""
-    import yaml
-    from pydantic import ValidationError
-
     from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 
-    try:
-        cfg = MFFConfig(**(yaml.safe_load(open(config_file)) or {}))
-    except (ValidationError, yaml.YAMLError, TypeError) as e:
-        raise click.UsageError(f"{config_file}: invalid MFF config:\n{e}") from None
-    click.echo(merge_freeze_finetune(cfg, progress=not quiet))
+    click.echo(merge_freeze_finetune(build_config(MFFConfig, config_file, {}), progress=not quiet))
+
+
+@main.command("finetune-merge")
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def finetune_merge_cmd(config_file, quiet):
+    """Finetune a copy of a multi-task bundle per task, then merge the copies (Table V); YAML with
+    multitask, datasets, output, method (average|fisher), select, finetune, fisher."""
+    from dtmerge.merge.pipeline import FinetuneMergeConfig, finetune_then_merge
+
+    click.echo(finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), progress=not quiet))
 
 
 @main.command("perturb")

@@ -94,8 +94,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass --resume to continue that run, or choose another --out")
     multi = len(cfg.dataset) > 1
-    if multi and (cfg.task or cfg.cos_weight or (cfg.init and (Path(cfg.init) / "meta.json").is_file())):
-        raise ValueError("a multi-task run takes no --task, no --cos-weight and no DT checkpoint as --init")
+    if multi and (cfg.task or cfg.cos_weight or (cfg.init and not _is_language_model(cfg.init))):
+        raise ValueError("a multi-task run takes no --task, no --cos-weight, and only a language model as --init")
     data = [load_dataset(d, cfg.task) for d in cfg.dataset]
     names = [task.name for _, task in data]
     if len(set(names)) != len(names):
@@ -195,13 +195,20 @@ def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:
 
 
 def _initial_model(cfg: TrainConfig, traj, task):
-    """A fresh DT, or the `init` checkpoint's; plus the state statistics and the init's trunk hash."""
+    """A fresh DT, or one from the `init` checkpoint, bundle or language model, with the state
+    statistics to use (an initialised DT keeps the ones it was trained with)."""
+    from dtmerge.merge.bundle import is_bundle, load_bundle_task
+
     if cfg.init is None:
         model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim,
                                              **cfg.model.model_dump()))
         state_mean, state_std = traj.state_stats()
         init_meta = {"init": "random"}
-    elif not (Path(cfg.init) / "meta.json").is_file():  # a language model
+    elif is_bundle(cfg.init):  # one task of a multi-task bundle, e.g. to finetune a copy per task
+        model, meta = load_bundle_task(cfg.init, task.name)
+        state_mean, state_std = (np.asarray(meta[k], np.float32) for k in ("state_mean", "state_std"))
+        init_meta = {"init": str(cfg.init), "init_kind": "bundle"}
+    elif _is_language_model(cfg.init):
         from dtmerge.lm import dt_from_gpt2
 
         model = dt_from_gpt2(cfg.init, task.obs_dim, task.act_dim, cfg.model.context_len,
@@ -215,6 +222,10 @@ def _initial_model(cfg: TrainConfig, traj, task):
         state_mean, state_std = (np.asarray(meta[k], np.float32) for k in ("state_mean", "state_std"))
         init_meta = {"init": str(cfg.init)}
     return model, state_mean, state_std, init_meta
+
+
+def _is_language_model(path) -> bool:
+    return not (Path(path) / "meta.json").is_file() and not (Path(path) / "bundle.json").is_file()
 
 
 def _extra_terms(cfg: TrainConfig, model, init_meta: dict):

@@ -1,1 +1,0 @@
-"""Merging: selectors x methods over checkpoints, Fisher information, multi-task bundles, MFF."""

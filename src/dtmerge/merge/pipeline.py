@@ -1,0 +1,50 @@
+"""Finetune-then-merge (Lawson & Qureshi, 2023, Section V-F, Table V).
+
+Start from a multi-task DT (a bundle, e.g. trained on medium data with one `--dataset` per task),
+finetune a copy per task on better data with L_2 toward the starting weights and the final
+LayerNorm and timestep embedding frozen (as the paper's code did), then merge the finetuned trunks
+directly or with Fisher weights into one multi-task bundle — no further training after the merge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dtmerge.merge.bundle import read_bundle_meta
+from dtmerge.merge.engine import MergeConfig, merge
+from dtmerge.merge.fisher import compute_fisher
+from dtmerge.train import TrainConfig, train
+
+
+class FinetuneMergeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    multitask: str = Field(description="the multi-task bundle to start every finetuning run from")
+    datasets: dict[str, str] = Field(description="task -> dataset to finetune that task's copy on")
+    output: str = Field(description="the merged multi-task bundle")
+    method: Literal["average", "fisher"] = Field("fisher", description="how the finetuned trunks are merged")
+    select: list[str] = Field(["trunk"], description="what is merged (the paper: all transformer parameters)")
+    finetune: dict = Field(default_factory=dict, description="TrainConfig fields for each finetuning run; "
+                           "defaults: l2_weight 1e-4, freeze [ln_f, embed_timestep.weight], eval_episodes 0")
+    fisher: dict = Field(default_factory=dict, description="compute_fisher arguments (estimator, batches, ...)")
+
+
+def finetune_then_merge(cfg: FinetuneMergeConfig, progress: bool = True) -> Path:
+    tasks = list(read_bundle_meta(cfg.multitask)["tasks"])
+    missing = [t for t in tasks if t not in cfg.datasets]
+    if missing:
+        raise ValueError(f"no finetuning dataset for {missing}; the bundle holds {tasks}")
+    work = Path(cfg.output).with_name(Path(cfg.output).name + ".runs")
+    defaults = {"l2_weight": 1e-4, "freeze": ["ln_f", "embed_timestep.weight"], "eval_episodes": 0}
+    checkpoints = []
+    for task in tasks:
+        out = work / task
+        tcfg = TrainConfig(**{**defaults, **cfg.finetune, "dataset": cfg.datasets[task], "task": task,
+                              "init": cfg.multitask, "out": str(out)})
+        ckpt = train(tcfg, resume=(out / "checkpoint").exists(), progress=progress)
+        if cfg.method == "fisher" and not (ckpt / "fisher.json").is_file():
+            compute_fisher(ckpt, progress=progress, **cfg.fisher)
+        checkpoints.append(str(ckpt))
+    return merge(MergeConfig(models=checkpoints, select=cfg.select, method=cfg.method, output=cfg.output))
