@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,7 +124,7 @@ def test_eq5_terms_in_training(tmp_path, gpt2_dir, hopper_file):
     assert all(r["loss"] == pytest.approx(r["mse"] + r["loss_cos"] + r["loss_l2"], rel=1e-5) for r in recs)
     assert all(-0.1 <= r["loss_cos"] < 0 for r in recs)  # minus a weighted cosine
     assert recs[0]["loss_l2"] < recs[-1]["loss_l2"]  # the trunk moves away from the LM as it trains
-    with pytest.raises(ValueError, match="needs a language-model init"):
+    with pytest.raises(ValueError, match="need a language-model init"):
         train(TrainConfig(**base, out=str(tmp_path / "x"), cos_weight=0.1), progress=False)
 
 
@@ -170,3 +171,48 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path, corpus):
     b = pretrain(_pretrain_cfg(corpus, tmp_path / "b", 6), resume=True, progress=False)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_lm_term_equals_the_lms_own_loss_at_the_start(tmp_path, corpus):
+    """Through the DT's trunk, with the LM's token and position embeddings, L_LM is the LM's loss."""
+    from dtmerge.lm.objectives import LMCoTraining
+    from dtmerge.lm.pretrain import pretrain
+
+    lm_dir = pretrain(_pretrain_cfg(corpus, tmp_path / "lm", 5), progress=False)
+    dt = dt_from_gpt2(lm_dir, state_dim=11, act_dim=3).eval()
+    co = LMCoTraining(lm_dir, [str(corpus)], seq_len=16, batch_size=3, seed=0, device="cpu")
+    ours = co.loss(dt)
+    starts = np.random.default_rng(0).integers(0, len(co.tokens) - 16, size=3)
+    ids = torch.from_numpy(co.tokens[starts[:, None] + np.arange(16)])
+    hf = transformers.GPT2LMHeadModel.from_pretrained(lm_dir).eval()
+    torch.testing.assert_close(ours, hf(input_ids=ids, labels=ids).loss, rtol=1e-4, atol=1e-5)
+
+
+def test_presets_fill_unset_weights(hopper_file):
+    from dtmerge.train import TrainConfig
+
+    cfg = TrainConfig(dataset=str(hopper_file), preset="chibit-r")
+    assert (cfg.cos_weight, cfg.cos_until, cfg.l2_weight, cfg.lm_weight) == (0.1, 5000, 1e-4, 0.0)
+    assert TrainConfig(dataset=str(hopper_file), preset="chibit-co").lm_weight == 1.0
+    assert TrainConfig(dataset=str(hopper_file), preset="chibit", cos_weight=0.5).cos_weight == 0.5  # flags win
+    with pytest.raises(ValueError):
+        TrainConfig(dataset=str(hopper_file), preset="chibit-xyz")
+
+
+def test_co_training_runs_and_resumes(tmp_path, corpus, hopper_file):
+    from safetensors.torch import load_file
+
+    from dtmerge.lm.pretrain import pretrain
+    from dtmerge.train import TrainConfig, train
+
+    lm_dir = pretrain(_pretrain_cfg(corpus, tmp_path / "lm", 5), progress=False)
+    base = dict(dataset=str(hopper_file), init=str(lm_dir), preset="chibit-co", lm_corpus=[str(corpus)],
+                lm_seq_len=16, cos_clusters=5, steps=4, save_every=2, warmup_steps=1, log_every=1,
+                eval_episodes=0, device="cpu", precision="fp32")
+    a = train(TrainConfig(**base, out=str(tmp_path / "a")), progress=False)
+    rec = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert all(r["loss_lm"] > 0 and "loss_cos" in r for r in rec)
+    train(TrainConfig(**{**base, "steps": 2}, out=str(tmp_path / "b")), progress=False)
+    b = train(TrainConfig(**base, out=str(tmp_path / "b")), resume=True, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import write_json
@@ -84,6 +84,25 @@ class TrainConfig(RunConfig):
                                                     "blocks to their initial (e.g. the LM's) weights")
     l2_norm: Literal["fro", "squared"] = Field("fro", description="fro: sum of per-tensor Frobenius norms (the "
                                                                   "original); squared: squared L2 distance")
+    lm_weight: float = Field(0.0, ge=0, description="l2 of Eq. 5: weight of L_LM, language modelling through "
+                                                    "the trunk on --lm-corpus (co-training; needs a GPT-2 init)")
+    lm_corpus: list[str] = Field(default_factory=list, description="text files for L_LM")
+    lm_seq_len: int = Field(1024, gt=1, description="tokens per L_LM block (the original: 1024)")
+    lm_batch_size: int = Field(2, gt=0, description="L_LM blocks per step (the original: 2)")
+    preset: Literal["chibit", "chibit-co", "chibit-r", "gpt2-r"] | None = Field(
+        None, description="Table III's variants: sets cos/lm/l2 weights not given explicitly (with --init "
+                          "a ChibiT or GPT-2 model; chibit-co also needs --lm-corpus)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset"):
+            from dtmerge.lm.objectives import PRESETS
+
+            if data["preset"] not in PRESETS:
+                raise ValueError(f"unknown preset {data['preset']!r}; presets: {', '.join(PRESETS)}")
+            data = {**PRESETS[data["preset"]], **data}
+        return data
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -113,16 +132,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     for m in models:
         for name, p in m.named_parameters():
             p.requires_grad_(name not in frozen)
-    trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad]
     init_meta = {**built[0][3], "init_trunk_sha256": trunk_sha256(models[0].state_dict())}
-    extra = _extra_terms(cfg, models[0], init_meta)
+    extra = _extra_terms(cfg, models[0], init_meta, device)
+    trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad] + extra.parameters()
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     samplers = [WindowSampler(traj, m.config.context_len, mean, std, cfg.rtg_scale, m.config.max_ep_len,
                               seed=cfg.seed + i)
                 for i, ((traj, _), m, (_, mean, std, _)) in enumerate(zip(data, models, built))]
     step = 0
     if resume and ckpt.exists():
-        step = _restore(ckpt, cfg, models, names, optim, samplers, device)
+        step = _restore(ckpt, cfg, models, names, optim, samplers, extra, device)
     metas = [{"task": task.name, "env_id": task.env_id, "dataset": d, "dataset_attrs": traj.attrs,
               "state_mean": np.asarray(mean).tolist(), "state_std": np.asarray(std).tolist(),
               "rtg_scale": cfg.rtg_scale, "rtg_targets": list(task.rtg_targets), "seed": cfg.seed,
@@ -166,7 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save(ckpt, models, metas, _train_state(step, optim, samplers, device), step)
+                _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device), step)
     bar.close()
     if cfg.eval_episodes:
         from dtmerge.evaluate import evaluate_checkpoint
@@ -228,17 +247,25 @@ def _is_language_model(path) -> bool:
     return not (Path(path) / "meta.json").is_file() and not (Path(path) / "bundle.json").is_file()
 
 
-def _extra_terms(cfg: TrainConfig, model, init_meta: dict):
-    from dtmerge.lm.objectives import ExtraTerms, token_centres
+def _extra_terms(cfg: TrainConfig, model, init_meta: dict, device):
+    from dtmerge.lm.objectives import ExtraTerms, LMCoTraining, token_centres
 
-    centres = None
-    if cfg.cos_weight:
-        if init_meta.get("init_kind") != "gpt2":
-            raise ValueError("cos_weight (L_cos) needs a language-model init: pass --init with a GPT-2 model")
+    if (cfg.cos_weight or cfg.lm_weight) and init_meta.get("init_kind") != "gpt2":
+        raise ValueError("cos_weight (L_cos) and lm_weight (L_LM) need a language-model init: pass --init "
+                         "with a GPT-2 or ChibiT model")
+    centres = lm = None
+    if cfg.cos_weight or cfg.lm_weight:
         from dtmerge.lm.gpt2 import resolve_lm_dir
 
-        centres = token_centres(resolve_lm_dir(cfg.init), cfg.cos_clusters, cfg.seed)
-    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm)
+        lm_dir = resolve_lm_dir(cfg.init)
+        if cfg.cos_weight:
+            centres = token_centres(lm_dir, cfg.cos_clusters, cfg.seed)
+        if cfg.lm_weight:
+            if not cfg.lm_corpus or not cfg.share_lm_positions:
+                raise ValueError("lm_weight (L_LM) needs --lm-corpus and the LM's positions as timestep embedding")
+            lm = LMCoTraining(lm_dir, cfg.lm_corpus, cfg.lm_seq_len, cfg.lm_batch_size, cfg.seed, device)
+    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm,
+                      cfg.lm_weight, lm)
 
 
 def _resolve_freeze(selector: list[str], model) -> list[str]:
@@ -249,15 +276,16 @@ def _resolve_freeze(selector: list[str], model) -> list[str]:
     return resolve(selector, model.parameter_groups(), [n for n, _ in model.named_parameters()])
 
 
-def _train_state(step, optim, samplers, device) -> dict:
+def _train_state(step, optim, samplers, extra, device) -> dict:
     state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
-             "sampler_rng": [s.get_state() for s in samplers], "dropout_rng": dropout_rng().bit_generator.state}
+             "sampler_rng": [s.get_state() for s in samplers], "dropout_rng": dropout_rng().bit_generator.state,
+             "extra": extra.state()}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _restore(ckpt: Path, cfg: TrainConfig, models, names, optim, samplers, device) -> int:
+def _restore(ckpt: Path, cfg: TrainConfig, models, names, optim, samplers, extra, device) -> int:
     from dtmerge.merge.bundle import is_bundle, load_bundle_task, read_bundle_meta
 
     saved = read_bundle_meta(ckpt)["multitask"]["train_config"] if is_bundle(ckpt) else read_meta(ckpt)["train_config"]
@@ -276,4 +304,5 @@ def _restore(ckpt: Path, cfg: TrainConfig, models, names, optim, samplers, devic
     for sampler, rng_state in zip(samplers, state["sampler_rng"]):
         sampler.set_state(rng_state)
     dropout_rng().bit_generator.state = state["dropout_rng"]
+    extra.load_state(state["extra"])
     return int(state["step"])

@@ -1,4 +1,5 @@
-"""The extra terms of the paper's Eq. 5, L = L_MSE + l1 L_cos + l2 L_LM + l3 L_2 (Section III-C).
+"""The extra terms of the paper's Eq. 5, L = L_MSE + l1 L_cos + l2 L_LM + l3 L_2 (Section III-C),
+and the named presets of its Table III.
 
 L_cos pulls each DT input embedding toward the language model's token-embedding space: minus the
 mean, over tokens, of the maximum cosine similarity to k-means centres of the LM's token
@@ -13,11 +14,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dtmerge.atomic import atomic_path
 from dtmerge.checkpoint import read_tensors
+
+# Table III's variants (all decay l1 = 0.1 to 0 by step 5000). l3 is the original code's 1e-4.
+PRESETS = {
+    "chibit": {"cos_weight": 0.1, "cos_until": 5000},
+    "chibit-co": {"cos_weight": 0.1, "cos_until": 5000, "lm_weight": 1.0},
+    "chibit-r": {"cos_weight": 0.1, "cos_until": 5000, "l2_weight": 1e-4},
+    "gpt2-r": {"cos_weight": 0.1, "cos_until": 5000, "l2_weight": 1e-4},
+}
 
 
 def cos_to_centres_loss(embeddings: torch.Tensor, centres: torch.Tensor, mask: torch.Tensor | None = None):
@@ -75,8 +85,48 @@ def token_centres(lm_dir, clusters: int = 1000, seed: int = 0) -> torch.Tensor:
     return centres
 
 
+class LMCoTraining:
+    """L_LM: language modelling through the DT's own trunk (co-training, Reid et al., 2022).
+
+    Text blocks from the LM's tokenizer are embedded with the LM's token embeddings `wte` (trained
+    along, the LM head tied to them) plus the DT's timestep embedding as positions (it is the LM's
+    position embedding when shared), run through the trunk, and scored with cross-entropy.
+    """
+
+    def __init__(self, lm_dir, corpus: list[str], seq_len: int, batch_size: int, seed: int, device):
+        from transformers import AutoTokenizer
+
+        from dtmerge.lm.gpt2 import read_gpt2
+        from dtmerge.lm.pretrain import tokenize_corpus
+
+        tokenizer = AutoTokenizer.from_pretrained(str(lm_dir))
+        self.tokens = tokenize_corpus(corpus, tokenizer)
+        if len(self.tokens) <= seq_len:
+            raise ValueError(f"the LM corpus has {len(self.tokens)} tokens, fewer than one block of {seq_len}")
+        _, tensors = read_gpt2(lm_dir)
+        self.wte = torch.nn.Parameter(tensors["wte.weight"].clone().to(device))
+        self.seq_len, self.batch_size, self.device = seq_len, batch_size, device
+        self.rng = np.random.default_rng(seed)
+
+    def loss(self, model) -> torch.Tensor:
+        starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
+        ids = torch.from_numpy(self.tokens[starts[:, None] + np.arange(self.seq_len)]).to(self.device)
+        pos = torch.arange(self.seq_len, device=self.device)
+        h = model.transformer(self.wte[ids] + model.embed_timestep(pos))
+        logits = h[:, :-1] @ self.wte.T
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+
+    def state(self) -> dict:
+        return {"wte": self.wte.detach(), "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        with torch.no_grad():
+            self.wte.copy_(state["wte"])
+        self.rng.bit_generator.state = state["rng"]
+
+
 class ExtraTerms:
-    """The weighted L_cos and L_2 terms of one training run.
+    """The weighted L_cos, L_LM and L_2 terms of one training run.
 
     The L_2 reference is the trunk's blocks as they were at the start (the LM's weights for an LM
     init), as in the original code; L_cos reads the DT's input embeddings (the `embed_ln` output
@@ -84,8 +134,10 @@ class ExtraTerms:
     """
 
     def __init__(self, model, cos_weight: float = 0.0, cos_until: int = 5000, centres=None,
-                 l2_weight: float = 0.0, l2_norm: str = "fro"):
+                 l2_weight: float = 0.0, l2_norm: str = "fro", lm_weight: float = 0.0,
+                 lm: LMCoTraining | None = None):
         self.cos_weight, self.cos_until, self.l2_weight, self.l2_norm = cos_weight, cos_until, l2_weight, l2_norm
+        self.lm_weight, self.lm = lm_weight, lm
         self.centres = centres
         self.reference = {n: p.detach().clone() for n, p in model.named_parameters()
                           if n.startswith("transformer.h.")} if l2_weight else {}
@@ -102,7 +154,20 @@ class ExtraTerms:
             token_mask = mask.repeat_interleave(3, dim=1)
             weight = self.cos_weight * sigmoid_decay(step, self.cos_until)
             terms["cos"] = weight * cos_to_centres_loss(self._embeddings, self.centres.to(mask.device), token_mask)
+        if self.lm_weight:
+            terms["lm"] = self.lm_weight * self.lm.loss(model)
         if self.l2_weight:
             params = dict(model.named_parameters())
             terms["l2"] = self.l2_weight * l2_to_reference(params, self.reference, self.l2_norm)
         return terms
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the terms train besides the model's (the co-trained token embeddings)."""
+        return [self.lm.wte] if self.lm is not None else []
+
+    def state(self) -> dict:
+        return {"lm": self.lm.state()} if self.lm is not None else {}
+
+    def load_state(self, state: dict) -> None:
+        if self.lm is not None:
+            self.lm.load_state(state["lm"])
