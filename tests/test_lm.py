@@ -216,3 +216,13 @@ def test_co_training_runs_and_resumes(tmp_path, corpus, hopper_file):
     b = train(TrainConfig(**base, out=str(tmp_path / "b")), resume=True, progress=False)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_no_corpus_and_no_wikitext_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from dtmerge.lm.pretrain import PretrainConfig, pretrain
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without `datasets` or network
+    with pytest.raises(FileNotFoundError, match="no --corpus given and Wikitext-103 could not be loaded"):
+        pretrain(PretrainConfig(out=str(tmp_path / "lm"), steps=1), progress=False)

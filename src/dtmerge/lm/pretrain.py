@@ -3,7 +3,7 @@ on text, saved in Hugging Face format so `dtmerge train --init DIR` can start a 
 
 Tokenizer: GPT-2's when it is on this machine (or named as a directory / hub id), otherwise a
 byte-level BPE trained on the corpus with `tokenizers`. The corpus is any local text
-files (the paper's ChibiT used Wikitext-103). Training samples random `seq_len` blocks of the
+files, by default Wikitext-103 (what the paper's ChibiT used) where `datasets` can fetch it. Training samples random `seq_len` blocks of the
 concatenated token stream; every `save_every` steps the model goes to `<out>/model` (HF format)
 and a resumable state (optimizer, RNGs) to `<out>/state`.
 """
@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from dtmerge.atomic import atomic_dir, write_json
+from dtmerge.atomic import atomic_dir, atomic_path, write_json
 from dtmerge.checkpoint import load_train_state, write_train_state
 from dtmerge.runtime import RunConfig, autocast, pick_device, resolve_precision, seed_everything
 
@@ -27,7 +27,8 @@ EOS = "<|endoftext|>"
 
 
 class PretrainConfig(RunConfig):
-    corpus: list[str] = Field(description="text files to train on")
+    corpus: list[str] = Field(default_factory=list, description="text files to train on (default: Wikitext-103 "
+                                                                "through the `datasets` library, where reachable)")
     out: str = Field("runs/chibit", description="run directory (model/ in HF format, state/, metrics.jsonl)")
     tokenizer: str = Field("auto", description="auto (GPT-2's if in the local Hugging Face cache, else a "
                                                "BPE trained on the corpus), bpe, or a tokenizer directory / hub id")
@@ -65,6 +66,23 @@ def load_or_train_tokenizer(cfg: PretrainConfig, out: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(out / "bpe-tokenizer.json"), eos_token=EOS, bos_token=EOS)
 
 
+def default_corpus(out: Path) -> list[str]:
+    """Wikitext-103 (ChibiT's corpus) through Hugging Face `datasets`, written once as a text file."""
+    path = out / "wikitext-103-train.txt"
+    if path.is_file():
+        return [str(path)]
+    try:
+        from datasets import load_dataset
+
+        train = load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+    except Exception as e:  # `datasets` missing, or no network
+        raise FileNotFoundError(f"no --corpus given and Wikitext-103 could not be loaded ({type(e).__name__}: {e}); "
+                                f"pass local text files with --corpus") from None
+    with atomic_path(path, ".txt") as tmp:
+        tmp.write_text("".join(train["text"]))
+    return [str(path)]
+
+
 def tokenize_corpus(files: list[str], tokenizer) -> np.ndarray:
     ids = []
     for f in files:
@@ -85,6 +103,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     if state_dir.exists() and not resume:
         raise FileExistsError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
     seed_everything(cfg.seed)
+    if not cfg.corpus:
+        cfg = cfg.model_copy(update={"corpus": default_corpus(out)})
     tokenizer = load_or_train_tokenizer(cfg, out)
     tokens = tokenize_corpus(cfg.corpus, tokenizer)
     if len(tokens) <= cfg.seq_len + 1:
