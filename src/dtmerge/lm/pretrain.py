@@ -2,10 +2,10 @@
 on text, saved in Hugging Face format so `dtmerge train --init DIR` can start a DT from it.
 
 Tokenizer: GPT-2's when it is on this machine (or named as a directory / hub id), otherwise a
-byte-level BPE trained on the corpus with `tokenizers`. The corpus is any local text
-files, by default Wikitext-103 (what the paper's ChibiT used) where `datasets` can fetch it. Training samples random `seq_len` blocks of the
-concatenated token stream; every `save_every` steps the model goes to `<out>/model` (HF format)
-and a resumable state (optimizer, RNGs) to `<out>/state`.
+byte-level BPE trained on the corpus with `tokenizers`. The corpus is any local text files, by
+default Wikitext-103 (what the paper's ChibiT used) where `datasets` can fetch it. Training samples
+random `seq_len` blocks of the concatenated token stream; every `save_every` steps the model goes
+to `<out>/model` (HF format) and a resumable state (optimizer, RNGs) to `<out>/state`.
 """
 
 from __future__ import annotations
