@@ -248,7 +248,9 @@ def test_finetune_then_merge_from_a_multitask_bundle(tmp_path, task_files):
     out = finetune_then_merge(FinetuneMergeConfig(
         multitask=str(multi), datasets={n: str(task_files[n]) for n in names}, output=str(tmp_path / "merged"),
         finetune={"steps": 3, "warmup_steps": 1, "batch_size": 8, "device": "cpu", "precision": "fp32"},
-        fisher={"estimator": "empirical", "batches": 1, "batch_size": 4}), progress=False)
+        fisher={"estimator": "empirical", "batches": 1, "batch_size": 4}, eval_episodes=2), progress=False)
+    results = json.loads((tmp_path / "merged.runs" / "eval.json").read_text())["results"]
+    assert [r["task"] for r in results] == names and all(len(r["targets"][0]["returns"]) == 2 for r in results)
     start = {n: load_bundle_task(multi, n)[0].state_dict() for n in names}
     tuned = {n: load_checkpoint(tmp_path / "merged.runs" / n / "checkpoint")[0].state_dict() for n in names}
     merged = {n: load_bundle_task(out, n)[0].state_dict() for n in names}

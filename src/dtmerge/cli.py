@@ -155,9 +155,13 @@ def mff_cmd(config_file, quiet):
 def finetune_merge_cmd(config_file, quiet):
     """Finetune a copy of a multi-task bundle per task, then merge the copies (Table V); YAML with
     multitask, datasets, output, method (average|fisher), select, finetune, fisher."""
+    from pathlib import Path
+
     from dtmerge.merge.pipeline import FinetuneMergeConfig, finetune_then_merge
 
-    click.echo(finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), progress=not quiet))
+    bundle = finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), progress=not quiet)
+    click.echo(bundle)
+    _print_eval_file(Path(bundle).with_name(Path(bundle).name + ".runs") / "eval.json")
 
 
 @main.command("perturb")

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dtmerge.atomic import write_json
+from dtmerge.evaluate import evaluate_checkpoint
 from dtmerge.merge.bundle import read_bundle_meta
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
@@ -29,6 +31,7 @@ class FinetuneMergeConfig(BaseModel):
     finetune: dict = Field(default_factory=dict, description="TrainConfig fields for each finetuning run; "
                            "defaults: l2_weight 1e-4, freeze [ln_f, embed_timestep.weight], eval_episodes 0")
     fisher: dict = Field(default_factory=dict, description="compute_fisher arguments (estimator, batches, ...)")
+    eval_episodes: int = Field(10, ge=0, description="episodes per task to evaluate the merged bundle on (0: skip)")
 
 
 def finetune_then_merge(cfg: FinetuneMergeConfig, progress: bool = True) -> Path:
@@ -47,4 +50,8 @@ def finetune_then_merge(cfg: FinetuneMergeConfig, progress: bool = True) -> Path
         if cfg.method == "fisher" and not (ckpt / "fisher.json").is_file():
             compute_fisher(ckpt, progress=progress, **cfg.fisher)
         checkpoints.append(str(ckpt))
-    return merge(MergeConfig(models=checkpoints, select=cfg.select, method=cfg.method, output=cfg.output))
+    bundle = merge(MergeConfig(models=checkpoints, select=cfg.select, method=cfg.method, output=cfg.output))
+    if cfg.eval_episodes:
+        results = [evaluate_checkpoint(bundle, cfg.eval_episodes, task=t, progress=progress) for t in tasks]
+        write_json(work / "eval.json", {"results": results})
+    return bundle
