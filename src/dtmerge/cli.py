@@ -244,7 +244,7 @@ def _parse_params(items):
 
 @main.group("data")
 def data_group():
-    """Inspect and convert offline datasets."""
+    """Make, inspect and convert offline datasets; train and export behaviour policies."""
 
 
 @data_group.command("info")
