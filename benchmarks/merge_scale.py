@@ -22,10 +22,12 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-from dtmerge.atomic import write_json  # noqa: E402
-from dtmerge.checkpoint import save_checkpoint  # noqa: E402
-from dtmerge.merge.fisher import file_sha256  # noqa: E402
+from dtmerge.atomic import (
+    file_sha256,  # noqa: E402
+    write_json,  # noqa: E402
+)
 from dtmerge.model import DecisionTransformer, DTConfig  # noqa: E402
+from dtmerge.store.checkpoint import save_checkpoint  # noqa: E402
 
 TASKS = [("hopper", 11, 3), ("walker2d", 17, 6), ("halfcheetah", 17, 6)]
 

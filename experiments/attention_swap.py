@@ -44,7 +44,7 @@ def main():
         data = make_dataset(task=task, level="medium", transitions=args.transitions, seed=args.seed)
         run = out / "models" / task
         models[task] = train(TrainConfig(dataset=str(data), out=str(run), steps=args.steps,
-                                         warmup_steps=max(1, args.steps // 10), seed=args.seed, eval_episodes=0,
+                                         warmup_steps=max(1, args.steps // 10), seed=args.seed,
                                          save_every=1000), resume=(run / "checkpoint").exists())
         original[task] = score(models[task], task, f"{task}-original")
     rows = []

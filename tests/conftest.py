@@ -57,6 +57,15 @@ def task_models(tmp_path_factory, task_files):
 
     root = tmp_path_factory.mktemp("models")
     return {name: train(TrainConfig(dataset=str(path), out=str(root / name), steps=4, warmup_steps=2,
-                                    batch_size=8, eval_episodes=0, device="cpu", precision="fp32",
+                                    batch_size=8, device="cpu", precision="fp32",
                                     seed=i, model=TINY), progress=False)
             for i, (name, path) in enumerate(task_files.items())}
+
+
+def checkpoint_meta(task_name: str, **extra) -> dict:
+    """Complete, valid checkpoint metadata for a hand-built model of `task_name`."""
+    task = get_task(task_name)
+    return {"task": task.name, "env_id": task.env_id, "dataset": "(hand-built)", "dataset_attrs": {},
+            "state_mean": [0.0] * task.obs_dim, "state_std": [1.0] * task.obs_dim, "rtg_scale": 1000.0,
+            "rtg_targets": list(task.rtg_targets), "seed": 0, "step": 0, "train_config": {}, "frozen": [],
+            "init": "random", "init_trunk_sha256": "0" * 64, **extra}

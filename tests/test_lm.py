@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dtmerge.checkpoint import CheckpointError
 from dtmerge.lm import dt_from_gpt2
+from dtmerge.store.checkpoint import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,12 +56,12 @@ def test_gpt2_errors_name_the_file(tmp_path, gpt2_dir):
 
 
 def test_training_from_a_gpt2_init(tmp_path, gpt2_dir, hopper_file):
-    from dtmerge.checkpoint import load_checkpoint
+    from dtmerge.store.checkpoint import load_checkpoint
     from dtmerge.train import TrainConfig, train
 
     path, hf = gpt2_dir
     ckpt = train(TrainConfig(dataset=str(hopper_file), out=str(tmp_path / "run"), init=str(path), steps=2,
-                             warmup_steps=1, eval_episodes=0, device="cpu", precision="fp32"), progress=False)
+                             warmup_steps=1, device="cpu", precision="fp32"), progress=False)
     model, meta = load_checkpoint(ckpt)
     assert meta["init_kind"] == "gpt2" and model.config.n_embd == 32 and model.config.activation == "gelu_new"
     moved = model.transformer.h[0].mlp.c_fc.weight - hf.transformer.h[0].mlp.c_fc.weight
@@ -116,7 +116,7 @@ def test_eq5_terms_in_training(tmp_path, gpt2_dir, hopper_file):
 
     path = tmp_path / "lm"
     shutil.copytree(gpt2_dir[0], path)
-    base = dict(dataset=str(hopper_file), steps=3, warmup_steps=1, log_every=1, eval_episodes=0, device="cpu",
+    base = dict(dataset=str(hopper_file), steps=3, warmup_steps=1, log_every=1, device="cpu",
                 precision="fp32", cos_clusters=5)
     train(TrainConfig(**base, out=str(tmp_path / "r"), init=str(path), cos_weight=0.1, l2_weight=1e-2),
           progress=False)
@@ -208,7 +208,7 @@ def test_co_training_runs_and_resumes(tmp_path, corpus, hopper_file):
     lm_dir = pretrain(_pretrain_cfg(corpus, tmp_path / "lm", 5), progress=False)
     base = dict(dataset=str(hopper_file), init=str(lm_dir), preset="chibit-co", lm_corpus=[str(corpus)],
                 lm_seq_len=16, cos_clusters=5, steps=4, save_every=2, warmup_steps=1, log_every=1,
-                eval_episodes=0, device="cpu", precision="fp32")
+                device="cpu", precision="fp32")
     a = train(TrainConfig(**base, out=str(tmp_path / "a")), progress=False)
     rec = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
     assert all(r["loss_lm"] > 0 and "loss_cos" in r for r in rec)

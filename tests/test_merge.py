@@ -5,19 +5,19 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, checkpoint_meta
 from safetensors.torch import load_file
 
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.cli import main
 from dtmerge.evaluate import evaluate_checkpoint, load_policy_model
-from dtmerge.merge.bundle import load_bundle_task, trunk_accounting
 from dtmerge.merge.engine import MergeConfig, MergeError, merge, plan
 from dtmerge.merge.fisher import compute_fisher, fisher_terms
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 from dtmerge.merge.perturb import perturb_checkpoint
-from dtmerge.merge.selectors import SelectorError
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.model.selectors import SelectorError
+from dtmerge.store.bundle import load_bundle_task, trunk_accounting
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.train import TrainConfig, train
 
 
@@ -74,7 +74,7 @@ def test_selector_errors_are_clear(tmp_path, task_models):
 
 def test_different_architectures_are_refused(tmp_path, task_models, task_files):
     other = train(TrainConfig(dataset=str(task_files["walker2d"]), out=str(tmp_path / "wide"), steps=1,
-                              eval_episodes=0, device="cpu", model={**TINY, "n_embd": 64}), progress=False)
+                              device="cpu", model={**TINY, "n_embd": 64}), progress=False)
     with pytest.raises(MergeError, match="different architecture.*n_embd"):
         merge(MergeConfig(models=[str(task_models["hopper"]), str(other)], output=str(tmp_path / "x")))
 
@@ -82,7 +82,7 @@ def test_different_architectures_are_refused(tmp_path, task_models, task_files):
 def test_task_arithmetic_needs_a_shared_base(tmp_path, task_models, task_files):
     base = task_models["hopper"]
     ft = [train(TrainConfig(dataset=str(task_files["hopper"]), out=str(tmp_path / f"ft{i}"), steps=2,
-                            eval_episodes=0, device="cpu", init=str(base), seed=i), progress=False)
+                            device="cpu", init=str(base), seed=i), progress=False)
           for i in range(2)]
     cfg = dict(models=[str(p) for p in ft], method="task_arithmetic", base=str(base), select=["trunk"],
                format="checkpoint", output=str(tmp_path / "ta"))
@@ -91,7 +91,7 @@ def test_task_arithmetic_needs_a_shared_base(tmp_path, task_models, task_files):
     for n, t in _weights(avg).items():
         torch.testing.assert_close(_weights(out)[n], t, rtol=0, atol=1e-6)
     with pytest.raises(MergeError, match="did not start from base"):
-        merge(MergeConfig(**{**cfg, "base": str(task_models["walker2d"])}))
+        merge(MergeConfig(**{**cfg, "base": str(task_models["walker2d"])}), overwrite=True)
 
 
 def test_fisher_merge_and_fisher_file_checks(tmp_path, task_models, task_files):
@@ -180,7 +180,7 @@ def test_bundle_accounting_matches_table_ii(tmp_path, select, percent):
     for i, (s, a) in enumerate(((11, 3), (17, 6))):
         torch.manual_seed(i)
         m = DecisionTransformer(DTConfig(state_dim=s, act_dim=a))
-        ckpts.append(str(save_checkpoint(tmp_path / f"m{i}", m, {"task": ["hopper", "halfcheetah"][i]})))
+        ckpts.append(str(save_checkpoint(tmp_path / f"m{i}", m, checkpoint_meta(["hopper", "halfcheetah"][i]))))
     if not select:  # nothing shared: select one tensor, swap with alpha 0 is not sharing; emulate with 0 shared
         out = merge(MergeConfig(models=ckpts, select=["h.0.ln_1"], output=str(tmp_path / "b")))
         acc = trunk_accounting(out)
@@ -243,7 +243,7 @@ def test_finetune_then_merge_from_a_multitask_bundle(tmp_path, task_files):
 
     names = ["hopper", "walker2d"]
     multi = train(TrainConfig(dataset=[str(task_files[n]) for n in names], out=str(tmp_path / "multi"), steps=2,
-                              warmup_steps=1, batch_size=8, eval_episodes=0, device="cpu", precision="fp32",
+                              warmup_steps=1, batch_size=8, device="cpu", precision="fp32",
                               model=TINY), progress=False)
     out = finetune_then_merge(FinetuneMergeConfig(
         multitask=str(multi), datasets={n: str(task_files[n]) for n in names}, output=str(tmp_path / "merged"),

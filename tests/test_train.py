@@ -3,18 +3,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, checkpoint_meta
 from safetensors.torch import load_file, save_file
 
-from dtmerge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.evaluate import evaluate, evaluate_checkpoint
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.outputs import OutputError
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dtmerge.train import TrainConfig, train
 
 
 def _cfg(data, out, **kw):
     base = dict(dataset=str(data), out=str(out), steps=6, warmup_steps=2, batch_size=16, log_every=1,
-                save_every=3, eval_episodes=0, precision="fp32", device="cpu", model=TINY)
+                save_every=3, precision="fp32", device="cpu", model=TINY)
     return TrainConfig(**{**base, **kw})
 
 
@@ -31,7 +32,7 @@ def test_training_lowers_the_loss(tmp_path, hopper_file):
 def test_resume_ends_with_the_same_weights(tmp_path, hopper_file):
     straight = train(_cfg(hopper_file, tmp_path / "a"), progress=False)
     train(_cfg(hopper_file, tmp_path / "b", steps=3), progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(OutputError, match="b exists; pass --overwrite"):
         train(_cfg(hopper_file, tmp_path / "b"), progress=False)
     resumed = train(_cfg(hopper_file, tmp_path / "b"), resume=True, progress=False)
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
@@ -51,18 +52,18 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, hopper_file):
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
-    save_checkpoint(tmp_path / "ck", model, {"task": "hopper", "state_mean": [0.0] * 11, "state_std": [1.0] * 11})
+    save_checkpoint(tmp_path / "ck", model, checkpoint_meta("hopper"))
     loaded, meta = load_checkpoint(tmp_path / "ck")
     assert meta["task"] == "hopper" and meta["config"] == model.config.model_dump()
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
-    save_checkpoint(tmp_path / "ck", loaded, {"task": "hopper"})  # overwrite in place works
+    save_checkpoint(tmp_path / "ck", loaded, checkpoint_meta("hopper"))  # replacing in place works
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path):
     model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
-    ck = save_checkpoint(tmp_path / "ck", model, {"task": "hopper"})
+    ck = save_checkpoint(tmp_path / "ck", model, checkpoint_meta("hopper"))
     weights = ck / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])
@@ -120,17 +121,24 @@ def test_evaluation_matches_one_episode_at_a_time(hopper):
         assert single["returns"][0] == pytest.approx(batched["returns"][i], rel=1e-5)
 
 
-def test_train_writes_eval_json(tmp_path, hopper_file):
-    ck = train(_cfg(hopper_file, tmp_path / "run", steps=2, eval_episodes=2, eval_targets=[1000.0]),
-               progress=False)
+def test_train_command_writes_eval_json(tmp_path, hopper_file):
+    from click.testing import CliRunner
+
+    from dtmerge.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--dataset", str(hopper_file), "--out", str(tmp_path / "run"), "--steps",
+                                  "2", "--warmup-steps", "1", "--n-embd", "32", "--n-layer", "1", "--eval-episodes",
+                                  "2", "--eval-targets", "1000", "--device", "cpu", "--precision", "fp32", "--quiet"])
+    assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["score"] == "D4RL-normalised (-v5)" and result["targets"][0]["target"] == 1000.0
-    again = evaluate_checkpoint(ck, episodes=2, targets=[1000.0], precision="fp32", device="cpu", progress=False)
+    again = evaluate_checkpoint(tmp_path / "run" / "checkpoint", episodes=2, targets=[1000.0], precision="fp32",
+                                device="cpu", progress=False)
     assert again["targets"] == result["targets"]
 
 
 def test_multitask_training_updates_every_task_and_saves_a_bundle(tmp_path, task_files):
-    from dtmerge.merge.bundle import load_bundle_task, trunk_accounting
+    from dtmerge.store.bundle import load_bundle_task, trunk_accounting
 
     names = ["hopper", "walker2d", "halfcheetah"]
     cfg = _cfg(task_files["hopper"], tmp_path / "multi", steps=4, save_every=2)
@@ -158,7 +166,7 @@ def test_multitask_training_updates_every_task_and_saves_a_bundle(tmp_path, task
 
 def test_multitask_heads_move_from_their_init(tmp_path, task_files):
     """Each task's head changes during multi-task training (not just the last task's)."""
-    from dtmerge.merge.bundle import load_bundle_task
+    from dtmerge.store.bundle import load_bundle_task
 
     names = ["hopper", "walker2d"]
     base = _cfg(task_files["hopper"], tmp_path / "a", steps=1, save_every=1)

@@ -118,11 +118,12 @@ def test_exported_actor_acts_like_stable_baselines3(preset):
 
 def test_collect_resumes_and_exports_expert_and_medium(tmp_path):
     pytest.importorskip("stable_baselines3")
+    from dtmerge.outputs import OutputError
     from dtmerge.zoo.collect import CollectConfig, collect, export
 
     kw = dict(task="hopper", out=str(tmp_path / "run"), eval_every=512, eval_episodes=2, preset="rl-zoo")
     run = collect(CollectConfig(steps=1024, **kw), progress=False)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(OutputError, match="run exists; pass --overwrite"):
         collect(CollectConfig(steps=1536, **kw), progress=False)
     collect(CollectConfig(steps=1536, **kw), resume=True, progress=False)
     log = [json.loads(line) for line in open(run / "log.jsonl")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -42,15 +44,35 @@ def atomic_dir(path):
             if f.is_file():
                 os.chmod(f, 0o666 & ~_UMASK)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
+            swap(tmp, path)  # tmp now holds the old version
+            shutil.rmtree(tmp)
         else:
             os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def swap(a, b) -> None:
+    """Exchange two paths in one step (Linux renameat2 RENAME_EXCHANGE), so no moment exists
+    where neither version is in place; elsewhere, two renames."""
+    a, b = os.fsencode(a), os.fsencode(b)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd = -100
+        if renameat2(at_fdcwd, a, at_fdcwd, b, _RENAME_EXCHANGE) == 0:
+            return
+    middle = a + b".swap"
+    os.replace(b, middle)
+    os.replace(a, b)
+    os.replace(middle, a)
 
 
 def write_json(path, obj) -> None:
@@ -66,3 +88,12 @@ def read_json(path) -> dict:
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

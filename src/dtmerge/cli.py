@@ -1,32 +1,55 @@
-"""The `dtmerge` command: a thin layer over the Python API."""
+"""The `dtmerge` command: a thin layer over the Python API.
+
+Every failure a user can cause prints one line on stderr (`Error: <file or option>: <problem>`)
+and exits non-zero (2 for usage, 1 otherwise); SIGTERM is handled like Ctrl-C, so a stopped
+command removes its temporary files and leaves only complete outputs.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
+from pathlib import Path
 
 import click
+from pydantic import Field, ValidationError
 
 from dtmerge import __version__
 from dtmerge.config import build_config, pydantic_options
+from dtmerge.errors import DtmergeError
 from dtmerge.lm.pretrain import PretrainConfig
 from dtmerge.train import TrainConfig
+from dtmerge.validate import one_line
 from dtmerge.zoo.collect import CollectConfig
+
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="replace existing outputs (only once the new ones are complete)")
+resume_option = click.option("--resume", is_flag=True, help="continue the stopped run in the output")
 
 
 class _Group(click.Group):
-    """Known user errors (bad files, bad configs) print one clear line instead of a traceback."""
+    """Known user errors print one clear line instead of a traceback."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: cleanup runs
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            click.echo(f"Error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted: stopped before completion; outputs are as they were, or complete.", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
-        from dtmerge.checkpoint import CheckpointError
-        from dtmerge.data import DatasetError
-        from dtmerge.merge.engine import MergeError
-        from dtmerge.merge.selectors import SelectorError
-        from dtmerge.zoo import ActorError
-
         try:
             return super().invoke(ctx)
-        except (DatasetError, CheckpointError, MergeError, SelectorError, ActorError, FileExistsError,
-                FileNotFoundError, ImportError) as e:
+        except ValidationError as e:
+            raise click.UsageError(one_line(e)) from None
+        except (DtmergeError, FileExistsError, FileNotFoundError, ImportError) as e:
             raise click.ClickException(str(e)) from None
 
 
@@ -36,42 +59,60 @@ def main():
     """Train, merge and evaluate Decision Transformers on offline MuJoCo locomotion data."""
 
 
+class TrainCommand(TrainConfig):
+    """`dtmerge train`: a training run, then an evaluation of its checkpoint."""
+
+    eval_episodes: int = Field(10, ge=0, description="episodes per RTG target after training (0: skip)")
+    eval_targets: list[float] | None = Field(None, description="RTG targets (default: the task's two)")
+
+
 @main.command("train")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with any of the options below; flags override it")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@resume_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@pydantic_options(TrainConfig, nested=("model",))
-def train_cmd(config_file, resume, quiet, **flags):
+@pydantic_options(TrainCommand, nested=("model",))
+def train_cmd(config_file, resume, overwrite, quiet, **flags):
     """Train a Decision Transformer on a dataset and evaluate it; several --dataset (one per task)
     train one multi-task DT, saved as a bundle."""
+    from dtmerge.atomic import write_json
+    from dtmerge.evaluate import evaluate_checkpoint
     from dtmerge.train import train
 
-    cfg = build_config(TrainConfig, config_file, flags, nested=("model",))
-    ckpt = train(cfg, resume=resume, progress=not quiet)
+    cmd = build_config(TrainCommand, config_file, flags, nested=("model",))
+    cfg = TrainConfig(**cmd.model_dump(exclude={"eval_episodes", "eval_targets"}))
+    ckpt = train(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     click.echo(f"checkpoint: {ckpt}")
-    _print_eval_file(ckpt.parent / "eval.json")
+    if cmd.eval_episodes:
+        from dtmerge.store.bundle import is_bundle, read_bundle_meta
+
+        tasks = list(read_bundle_meta(ckpt)["tasks"]) if is_bundle(ckpt) else [None]
+        results = [evaluate_checkpoint(ckpt, cmd.eval_episodes, cmd.eval_targets, seed=cfg.seed, device=cfg.device,
+                                       precision=cfg.precision, progress=not quiet, task=t) for t in tasks]
+        write_json(ckpt.parent / "eval.json", results[0] if len(results) == 1 else {"results": results})
+        _print_results(results)
 
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--episodes", default=10, help="episodes per RTG target")
+@click.option("--episodes", default=10, type=click.IntRange(min=1), help="episodes per RTG target")
 @click.option("--target", "targets", type=float, multiple=True, help="RTG target (repeatable; default: the task's)")
 @click.option("--seed", default=0, help="episode i starts from reset seed SEED + i")
 @click.option("--device", default="auto", help="auto, cpu, cuda, ...")
 @click.option("--precision", default="auto", help="auto, bf16 or fp32")
 @click.option("--task", help="which task of a multi-task bundle")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the results as JSON here")
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, quiet):
+def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, overwrite, quiet):
     """Evaluate a checkpoint (or one task of a bundle) in MuJoCo: all episodes batched,
     D4RL-normalised (-v5) scores."""
-    from dtmerge.evaluate import TABLE_HEADER, evaluate_checkpoint, format_result
+    from dtmerge.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, episodes, list(targets) or None, seed, device, precision, out,
-                                 progress=not quiet, task=task)
-    click.echo(TABLE_HEADER)
-    click.echo(format_result(result))
+                                 progress=not quiet, task=task, overwrite=overwrite)
+    _print_results([result])
 
 
 @main.command("demo")
@@ -81,13 +122,16 @@ def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, 
 @click.option("--transitions", default=50_000, help="size of each task's medium dataset")
 @click.option("--episodes", default=10, help="evaluation episodes per task and model")
 @click.option("--seed", default=0, help="seed for data, training and evaluation")
+@resume_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, quiet):
+def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, resume, overwrite, quiet):
     """The main job on made-on-the-spot data: zoo datasets, one DT per task, an attention swap,
     a Fisher Merge-Freeze-Finetune bundle, MuJoCo scores."""
     from dtmerge.demo import run_demo
 
-    click.echo(run_demo(out, steps, finetune_steps, transitions, episodes, seed, progress=not quiet)["table"])
+    click.echo(run_demo(out, steps, finetune_steps, transitions, episodes, seed, resume, overwrite,
+                        progress=not quiet)["table"])
 
 
 @main.command("merge")
@@ -102,24 +146,22 @@ def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, quiet):
 @click.option("--output", help="where the merged bundle or checkpoint goes")
 @click.option("--force", is_flag=True, default=None, help="merge against a base the models did not start from")
 @click.option("--dry-run", is_flag=True, help="print which tensors are merged and where every other comes from")
-def merge_cmd(config_file, models, target, select, method, params, base, fmt, output, force, dry_run):
+@overwrite_option
+def merge_cmd(config_file, models, target, select, method, params, base, fmt, output, force, dry_run, overwrite):
     """Merge task models in weight space, described by a YAML CONFIG_FILE and/or flags."""
-    from dtmerge.merge.engine import MergeConfig, MergeError, load_merge_config, merge, plan
+    from dtmerge.merge.engine import MergeConfig, load_merge_config, merge, plan
 
     overrides = {"models": list(models) or None, "target": target, "select": list(select) or None,
                  "method": method, "params": _parse_params(params) or None, "base": base, "format": fmt,
                  "output": output, "force": force}
-    try:
-        if config_file:
-            cfg = load_merge_config(config_file, overrides)
-        else:
-            cfg = MergeConfig(**{k: v for k, v in overrides.items() if v is not None})
-    except (MergeError, ValueError) as e:
-        raise click.UsageError(str(e)) from None
+    if config_file:
+        cfg = load_merge_config(config_file, overrides)
+    else:
+        cfg = MergeConfig(**{k: v for k, v in overrides.items() if v is not None})
     if dry_run:
         click.echo(plan(cfg))
         return
-    click.echo(merge(cfg))
+    click.echo(merge(cfg, overwrite=overwrite))
 
 
 @main.command("fisher")
@@ -128,40 +170,47 @@ def merge_cmd(config_file, models, target, select, method, params, base, fmt, ou
 @click.option("--estimator", type=click.Choice(["exact", "empirical", "batch"]), default="exact",
               help="exact: Gaussian action-mean Fisher; empirical: squared per-window gradients; "
                    "batch: the original code's squared batch gradients")
-@click.option("--batches", default=4, help="batches of windows")
-@click.option("--batch-size", default=64, help="windows per batch")
+@click.option("--batches", default=4, type=click.IntRange(min=1), help="batches of windows")
+@click.option("--batch-size", default=64, type=click.IntRange(min=1), help="windows per batch")
 @click.option("--seed", default=0, help="seed for the window sampler")
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, quiet):
+def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, overwrite, quiet):
     """Compute a checkpoint's diagonal Fisher once and store it beside its weights."""
     from dtmerge.merge.fisher import compute_fisher
 
-    click.echo(compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress=not quiet))
+    click.echo(compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress=not quiet,
+                              overwrite=overwrite))
 
 
 @main.command("mff")
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@resume_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def mff_cmd(config_file, quiet):
+def mff_cmd(config_file, resume, overwrite, quiet):
     """Merge-Freeze-Finetune from a YAML file (merge: ..., output, datasets, finetune: ...)."""
     from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 
-    click.echo(merge_freeze_finetune(build_config(MFFConfig, config_file, {}), progress=not quiet))
+    click.echo(merge_freeze_finetune(build_config(MFFConfig, config_file, {}), resume, overwrite, progress=not quiet))
 
 
 @main.command("finetune-merge")
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@resume_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def finetune_merge_cmd(config_file, quiet):
+def finetune_merge_cmd(config_file, resume, overwrite, quiet):
     """Finetune a copy of a multi-task bundle per task, then merge the copies (Table V); YAML with
     multitask, datasets, output, method (average|fisher), select, finetune, fisher."""
-    from pathlib import Path
-
     from dtmerge.merge.pipeline import FinetuneMergeConfig, finetune_then_merge
 
-    bundle = finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), progress=not quiet)
+    bundle = finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), resume, overwrite,
+                                 progress=not quiet)
     click.echo(bundle)
-    _print_eval_file(Path(bundle).with_name(Path(bundle).name + ".runs") / "eval.json")
+    evals = Path(bundle).with_name(Path(bundle).name + ".runs") / "eval.json"
+    if evals.is_file():
+        _print_results(json.loads(evals.read_text())["results"])
 
 
 @main.command("perturb")
@@ -171,19 +220,20 @@ def finetune_merge_cmd(config_file, quiet):
               help="random: fixed random weights; identity: weights 1, biases 0; remove: residual only")
 @click.option("--select", multiple=True, default=("attn",), help="attention group(s) to perturb, e.g. h.1.attn")
 @click.option("--seed", default=0, help="seed of the random weights")
-def perturb_cmd(checkpoint, output, kind, select, seed):
+@overwrite_option
+def perturb_cmd(checkpoint, output, kind, select, seed, overwrite):
     """Write a copy of CHECKPOINT with its attention perturbed (the paper's Table I)."""
     from dtmerge.merge.perturb import perturb_checkpoint
 
-    click.echo(perturb_checkpoint(checkpoint, output, kind, select, seed))
+    click.echo(perturb_checkpoint(checkpoint, output, kind, select, seed, overwrite))
 
 
 @main.command("info")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def info_cmd(path):
     """Print a checkpoint's or bundle's metadata and the paper's transformer-parameter accounting."""
-    from dtmerge.checkpoint import read_meta
-    from dtmerge.merge.bundle import is_bundle, read_bundle_meta, trunk_accounting
+    from dtmerge.store.bundle import is_bundle, read_bundle_meta, trunk_accounting
+    from dtmerge.store.checkpoint import read_meta
 
     if is_bundle(path):
         meta = read_bundle_meta(path)
@@ -202,14 +252,13 @@ def info_cmd(path):
 @click.option("--title", default="", help="plot title")
 @click.option("--logy", is_flag=True, help="logarithmic y axis")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write")
-def plot_cmd(logs, x, y, title, logy, out):
+@overwrite_option
+def plot_cmd(logs, x, y, title, logy, out, overwrite):
     """Plot JSONL curves (training metrics.jsonl, collect log.jsonl) into one PNG, a line per file."""
-    from pathlib import Path
-
     from dtmerge.plots import plot_curves
 
     runs = {str(Path(p).parent.name if Path(p).parent.name not in ("", ".") else p): Path(p) for p in logs}
-    click.echo(plot_curves(runs, out, x, y, y, title, logy))
+    click.echo(plot_curves(runs, out, x, y, y, title, logy, overwrite))
 
 
 @main.group("lm")
@@ -218,16 +267,17 @@ def lm_group():
 
 
 @lm_group.command("pretrain")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last state")
+@resume_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @pydantic_options(PretrainConfig)
-def lm_pretrain(resume, quiet, **flags):
+def lm_pretrain(resume, overwrite, quiet, **flags):
     """Pre-train a small GPT-2 (ChibiT's shape by default) on local text files; the model is saved
     in Hugging Face format under OUT/model, ready for `dtmerge train --init OUT/model`."""
     from dtmerge.lm.pretrain import pretrain
 
     cfg = build_config(PretrainConfig, None, flags)
-    click.echo(pretrain(cfg, resume=resume, progress=not quiet))
+    click.echo(pretrain(cfg, resume=resume, overwrite=overwrite, progress=not quiet))
 
 
 def _parse_params(items):
@@ -265,37 +315,40 @@ def data_info(dataset, task):
 @click.option("--format", "fmt", type=click.Choice(["d4rl", "minari"]), default="d4rl",
               help="d4rl: DEST is an .hdf5 file; minari: DEST is a dataset id under --minari-root")
 @click.option("--minari-root", type=click.Path(file_okay=False), help="default: MINARI_DATASETS_PATH")
-def data_export(dataset, dest, task, fmt, minari_root):
+@overwrite_option
+def data_export(dataset, dest, task, fmt, minari_root, overwrite):
     """Write a dataset in the D4RL HDF5 layout or as a Minari dataset."""
-    from pathlib import Path
+    from dtmerge.data import dataset_files, load_dataset, write_d4rl, write_minari
+    from dtmerge.outputs import claim_outputs
 
-    from dtmerge.data import load_dataset, write_d4rl, write_minari
-
+    if fmt == "d4rl":
+        claim_outputs([dest], dataset_files(dataset), overwrite)
     traj, task_ = load_dataset(dataset, task)
     if fmt == "d4rl":
-        if Path(dest).resolve() == Path(dataset).resolve():
-            raise click.UsageError(f"{dest}: refusing to overwrite the input dataset")
         click.echo(write_d4rl(traj, dest))
     else:
-        click.echo(write_minari(traj, dest, task_, minari_root))
+        click.echo(write_minari(traj, dest, task_, minari_root, overwrite))
 
 
 @data_group.command("make")
 @click.argument("dataset_id")
-@click.option("--transitions", type=int, help="size [default: 1M; 2M for medium-expert]")
-@click.option("--seed", default=0, help="seed for environments and action sampling")
-@click.option("--force", is_flag=True, help="remake even if cached")
+@click.option("--transitions", type=click.IntRange(min=1), help="size [default: 1M; 2M for medium-expert]")
+@click.option("--seed", default=0, type=click.IntRange(min=0), help="seed for environments and action sampling")
 @click.option("--minari-id", help="also export as this Minari dataset id (needs dtmerge[minari])")
 @click.option("--minari-root", type=click.Path(file_okay=False), help="default: MINARI_DATASETS_PATH")
+@click.option("--overwrite", is_flag=True, help="make the dataset again even if a verified copy is cached "
+                                                "(and replace the Minari export)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def data_make(dataset_id, transitions, seed, force, minari_id, minari_root, quiet):
+def data_make(dataset_id, transitions, seed, minari_id, minari_root, overwrite, quiet):
     """Make DATASET_ID (e.g. hopper-medium, walker2d-medium-expert) from the shipped policies.
 
     Writes the D4RL HDF5 layout under $DTMERGE_HOME/datasets (default ~/.cache/dtmerge) and prints
-    its path. Levels: random, medium, expert, medium-expert.
+    its path; a cached copy whose recorded size and hash still match is reused. Levels: random,
+    medium, expert, medium-expert.
     """
     from dtmerge.data import load_dataset, write_minari
-    from dtmerge.data.make import parse_id
+    from dtmerge.data.make import check_size, make_dataset, parse_id
+    from dtmerge.data.minari import check_minari_id
 
     parsed = parse_id(dataset_id)
     if parsed is None:
@@ -303,32 +356,36 @@ def data_make(dataset_id, transitions, seed, force, minari_id, minari_root, quie
                                "levels: random, medium, expert, medium-expert)")
     if seed and parsed[3]:
         raise click.UsageError("give the seed either in the id or with --seed, not both")
-    from dtmerge.data.make import make_dataset
-
+    if transitions:
+        check_size(transitions, dataset_id)
+    if minari_id:
+        check_minari_id(minari_id)
     path = make_dataset(task=parsed[0].name, level=parsed[1], transitions=transitions or parsed[2],
-                        seed=seed or parsed[3], force=force, progress=not quiet)
+                        seed=seed or parsed[3], overwrite=overwrite, progress=not quiet)
     click.echo(path)
     traj, task = load_dataset(path)
     click.echo(json.dumps({k: traj.attrs[k] for k in ("transitions", "trajectories", "return_mean", "score_mean")}))
     if minari_id:
-        click.echo(write_minari(traj, minari_id, task, minari_root))
+        click.echo(write_minari(traj, minari_id, task, minari_root, overwrite))
 
 
 @data_group.command("collect")
 @click.argument("task")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last state")
+@resume_option
+@overwrite_option
 @click.option("--export-dir", type=click.Path(file_okay=False),
               help="where the expert/medium actors go [default: OUT/export]")
 @click.option("--export-episodes", default=20, help="episodes to measure each exported actor on (fresh seeds)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @pydantic_options(CollectConfig, skip=("task",))
-def data_collect(task, resume, export_dir, export_episodes, quiet, **flags):
+def data_collect(task, resume, overwrite, export_dir, export_episodes, quiet, **flags):
     """Train a PPO behaviour agent for TASK (needs dtmerge[collect]) and export expert and medium actors."""
     from dtmerge.zoo.collect import collect, export
 
     cfg = build_config(CollectConfig, None, {**flags, "task": task})
-    out = collect(cfg, resume=resume, progress=not quiet)
-    chosen = export(out, export_dir or out / "export", export_episodes, progress=not quiet)
+    out = collect(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    chosen = export(out, export_dir or out / "export", export_episodes, progress=not quiet,
+                    overwrite=overwrite or resume)
     for level, meta in chosen.items():
         m = meta["measured"]["deterministic"]
         click.echo(f"{cfg.task}-{level}: step {meta['train_steps']}, return {m['return_mean']:.1f} "
@@ -354,23 +411,20 @@ def data_zoo():
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--episodes", default=20, help="episodes to measure each exported actor on (fresh seeds)")
-def data_zoo_export(run_dir, dest, episodes):
+@overwrite_option
+def data_zoo_export(run_dir, dest, episodes, overwrite):
     """Pick expert and medium snapshots of a collect run and export them to DEST."""
     from dtmerge.zoo.collect import export
 
-    for level, meta in export(run_dir, dest, episodes).items():
+    for level, meta in export(run_dir, dest, episodes, overwrite=overwrite).items():
         m = meta["measured"]["deterministic"]
         click.echo(f"{meta['task']}-{level}: step {meta['train_steps']}, return {m['return_mean']:.1f}, "
                    f"D4RL-normalised (-v5) {m['score_mean']:.1f}")
 
 
-def _print_eval_file(path):
-    from pathlib import Path
+def _print_results(results: list[dict]) -> None:
+    from dtmerge.evaluate import TABLE_HEADER, format_result
 
-    if Path(path).is_file():
-        from dtmerge.evaluate import TABLE_HEADER, format_result
-
-        saved = json.loads(Path(path).read_text())
-        click.echo(TABLE_HEADER)
-        for result in saved.get("results", [saved]):  # a multi-task run holds one result per task
-            click.echo(format_result(result))
+    click.echo(TABLE_HEADER)
+    for result in results:
+        click.echo(format_result(result))

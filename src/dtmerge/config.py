@@ -13,6 +13,8 @@ import click
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from dtmerge.validate import one_line
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -65,8 +67,8 @@ def build_config(model: type[BaseModel], config_file: str | None, flags: dict,
         path = Path(config_file)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise click.UsageError(f"{path}: cannot read YAML config ({e})") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise click.UsageError(f"{path}: cannot read YAML config ({type(e).__name__})") from None
         if not isinstance(data, dict):
             raise click.UsageError(f"{path}: a config file must be a mapping of option: value")
     for name in nested:
@@ -79,5 +81,5 @@ def build_config(model: type[BaseModel], config_file: str | None, flags: dict,
     try:
         return model(**data)
     except ValidationError as e:
-        where = f"{config_file} + flags" if config_file else "flags"
-        raise click.UsageError(f"invalid configuration ({where}):\n{e}") from None
+        where = f"{config_file} (and flags)" if config_file else "flags"
+        raise click.UsageError(f"invalid configuration in {where}: {one_line(e)}") from None

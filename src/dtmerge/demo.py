@@ -8,21 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dtmerge.atomic import write_json
+from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data.make import make_dataset
 from dtmerge.envs import SCORE_LABEL, TASKS
 from dtmerge.evaluate import evaluate_checkpoint
-from dtmerge.merge.bundle import trunk_accounting
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
+from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.plots import plot_curves
+from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
 
 
 def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transitions: int = 50_000,
-             episodes: int = 10, seed: int = 0, progress: bool = True) -> dict:
-    out = Path(out)
+             episodes: int = 10, seed: int = 0, resume: bool = False, overwrite: bool = False,
+             progress: bool = True) -> dict:
+    """Run the demo into `out`; `resume` continues (and reuses) a stopped or finished demo there."""
+    claim_outputs([out], [], overwrite, resume)
+    with run_directory(out, overwrite) as work:
+        return _demo(work, steps, finetune_steps, transitions, episodes, seed, resume, progress)
+
+
+def _demo(out: Path, steps: int, finetune_steps: int, transitions: int, episodes: int, seed: int, resume: bool,
+          progress: bool) -> dict:
     eval_kw = dict(episodes=episodes, seed=10_000 + seed, progress=progress)
 
     def score(path, task):
@@ -33,13 +42,13 @@ def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transi
     for name in TASKS:
         data = make_dataset(task=name, level="medium", transitions=transitions, seed=seed, progress=progress)
         cfg = TrainConfig(dataset=str(data), out=str(out / "single" / name), steps=steps,
-                          warmup_steps=max(1, steps // 10), seed=seed, eval_episodes=0, save_every=steps)
-        models[name] = train(cfg, resume=(out / "single" / name / "checkpoint").exists(), progress=progress)
+                          warmup_steps=max(1, steps // 10), seed=seed, save_every=steps)
+        models[name] = train(cfg, resume=resume, progress=progress)
         rows[name]["single"] = score(models[name], name)
 
     swap = merge(MergeConfig(models=[str(models["hopper"]), str(models["halfcheetah"])], select=["attn"],
                              method="interpolate", params={"alpha": 1.0}, format="checkpoint",
-                             output=str(out / "swap-attn-halfcheetah-into-hopper")))
+                             output=str(out / "swap-attn-halfcheetah-into-hopper")), overwrite=resume)
     rows["hopper"]["attention swap"] = score(swap, "hopper")
 
     for name, ckpt in models.items():
@@ -50,7 +59,7 @@ def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transi
                           output=str(out / "merged-fisher")),
         output=str(out / "mff-bundle"),
         finetune={"steps": finetune_steps, "warmup_steps": max(1, finetune_steps // 10), "seed": seed,
-                  "save_every": finetune_steps}), progress=progress)
+                  "save_every": finetune_steps}), resume=resume, progress=progress)
     for name in TASKS:
         rows[name]["Fisher MFF bundle"] = score(bundle, name)
 
@@ -68,7 +77,8 @@ def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transi
     summary = {"steps": steps, "finetune_steps": finetune_steps, "transitions": transitions, "episodes": episodes,
                "seed": seed, "results": rows, "accounting": acc, "table": "\n".join(table)}
     plot_curves({t: out / "single" / t / "metrics.jsonl" for t in TASKS}, out / "training-loss.png", "step", "loss",
-                "action MSE", f"DT training on {transitions:,}-transition medium datasets", logy=True)
+                "action MSE", f"DT training on {transitions:,}-transition medium datasets", logy=True, overwrite=resume)
     write_json(out / "results.json", summary)
-    (out / "results.md").write_text(summary["table"] + "\n")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(summary["table"] + "\n")
     return summary

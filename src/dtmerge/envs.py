@@ -7,6 +7,11 @@ environments, so every normalised number is labelled "D4RL-normalised (-v5)".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from dtmerge.errors import DtmergeError
 
 SCORE_LABEL = "D4RL-normalised (-v5)"
 
@@ -48,4 +53,14 @@ def get_task(name: str) -> Task:
     for task in TASKS.values():
         if key in (task.name, task.env_id.lower()):
             return task
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    raise DtmergeError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+
+
+def _registered(name: str) -> str:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_registered)]
+"""A task name in a metadata file: only registered names pass, so a name can never steer a path."""

@@ -20,8 +20,12 @@ from tqdm.auto import tqdm
 
 from dtmerge.atomic import write_json
 from dtmerge.envs import SCORE_LABEL, Task, get_task
+from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer
+from dtmerge.outputs import claim_outputs
 from dtmerge.runtime import autocast, pick_device, resolve_precision
+from dtmerge.store.bundle import is_bundle, load_bundle_task
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
 
 
 class BatchPolicy(Protocol):
@@ -132,9 +136,6 @@ def episode_stats(task: Task, returns: np.ndarray, lengths: np.ndarray) -> dict:
 
 def load_policy_model(path, task: str | None = None):
     """A checkpoint, or one task of a multi-task bundle, as (model, metadata)."""
-    from dtmerge.checkpoint import CheckpointError, load_checkpoint
-    from dtmerge.merge.bundle import is_bundle, load_bundle_task
-
     if is_bundle(path):
         return load_bundle_task(path, task)
     model, meta = load_checkpoint(path)
@@ -144,7 +145,13 @@ def load_policy_model(path, task: str | None = None):
 
 
 def evaluate_checkpoint(path, episodes: int = 10, targets=None, seed: int = 0, device="auto",
-                        precision: str = "auto", out=None, progress: bool = True, task: str | None = None) -> dict:
+                        precision: str = "auto", out=None, progress: bool = True, task: str | None = None,
+                        overwrite: bool = False) -> dict:
+    """Evaluate a checkpoint (or a bundle's `task`); with `out`, also write the result as JSON."""
+    if episodes < 1:
+        raise DtmergeError(f"episodes must be at least 1, got {episodes}")
+    if out is not None:
+        claim_outputs([out], [path], overwrite)
     model, meta = load_policy_model(path, task)
     task = get_task(meta["task"])
     result = evaluate(model, task, meta["state_mean"], meta["state_std"], targets, episodes, seed,

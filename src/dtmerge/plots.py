@@ -6,18 +6,22 @@ import json
 from pathlib import Path
 
 from dtmerge.atomic import atomic_path
+from dtmerge.errors import DtmergeError
+from dtmerge.outputs import claim_outputs
 
 
-def plot_curves(runs: dict[str, Path], out, x: str, y: str, ylabel: str, title: str, logy: bool = False) -> Path:
+def plot_curves(runs: dict[str, Path], out, x: str, y: str, ylabel: str, title: str, logy: bool = False,
+                overwrite: bool = False) -> Path:
     """One line per run from a JSONL file of records; written atomically as PNG."""
+    claim_outputs([out], list(runs.values()), overwrite)
+    records = {label: read_records(path, (x, y)) for label, path in runs.items()}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for label, path in runs.items():
-        recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for label, recs in records.items():
         ax.plot([r[x] for r in recs], [r[y] for r in recs], label=label)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
@@ -31,3 +35,23 @@ def plot_curves(runs: dict[str, Path], out, x: str, y: str, ylabel: str, title: 
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(out)
+
+
+def read_records(path, fields: tuple[str, ...]) -> list[dict]:
+    """The records of a JSONL file that carry every one of `fields`; a bad line is an error naming it."""
+    path = Path(path)
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise DtmergeError(f"{path}: line {i} is not valid JSON") from None
+        if not isinstance(rec, dict):
+            raise DtmergeError(f"{path}: line {i} is not a JSON object")
+        if all(isinstance(rec.get(f), (int, float)) for f in fields):
+            records.append(rec)
+    if not records:
+        raise DtmergeError(f"{path}: no record has numeric {' and '.join(fields)}")
+    return records

@@ -5,14 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from dtmerge.data.d4rl import read_d4rl, write_d4rl
-from dtmerge.data.make import make_dataset, parse_id
+from dtmerge.data.make import dataset_path, make_dataset, parse_id
 from dtmerge.data.minari import find_minari_dir, read_minari, write_minari
 from dtmerge.data.sampler import WindowSampler
 from dtmerge.data.trajectories import DatasetError, Trajectories
 from dtmerge.envs import TASKS, Task, get_task
 
-__all__ = ["DatasetError", "Trajectories", "WindowSampler", "load_dataset", "read_d4rl", "write_d4rl",
-           "read_minari", "write_minari"]
+__all__ = ["DatasetError", "Trajectories", "WindowSampler", "dataset_files", "load_dataset", "read_d4rl",
+           "write_d4rl", "read_minari", "write_minari"]
+
+
+def dataset_files(spec) -> list[Path]:
+    """The files or directories a dataset spec reads: what no command may write over."""
+    path = Path(spec)
+    if path.suffix in (".hdf5", ".h5"):
+        return [path]
+    minari_dir = find_minari_dir(spec)
+    if minari_dir is not None:
+        return [minari_dir.parent if minari_dir.name == "data" else minari_dir]
+    parsed = parse_id(str(spec))
+    if parsed is not None:
+        return [dataset_path(*parsed)]
+    return [path]
 
 
 def load_dataset(spec, task: str | Task | None = None) -> tuple[Trajectories, Task]:

@@ -19,17 +19,33 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from dtmerge.atomic import swap
 from dtmerge.data.trajectories import DatasetError, Trajectories
 from dtmerge.envs import TASKS, Task
+from dtmerge.outputs import claim_outputs
 
 
 def minari_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
 
 
+SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def check_minari_id(dataset_id: str) -> str:
+    """A Minari id names a folder under the Minari root: plain path parts only, never `..`."""
+    if not SAFE_ID.match(dataset_id) or any(part in (".", "..") for part in dataset_id.split("/")):
+        raise DatasetError(dataset_id, "not a valid Minari dataset id (letters, digits, '_', '-', '.' in "
+                           "'/'-separated parts, no '..'), e.g. mujoco/hopper/medium-v0")
+    return dataset_id
+
+
 def find_minari_dir(spec) -> Path | None:
     """Resolve a local path or a dataset id under the Minari root to the dataset's `data/` folder."""
-    for base in (Path(spec), minari_root() / str(spec)):
+    bases = [Path(spec)]
+    if SAFE_ID.match(str(spec)) and ".." not in str(spec).split("/"):
+        bases.append(minari_root() / str(spec))
+    for base in bases:
         for cand in (base / "data", base):
             if (cand / "metadata.json").is_file():
                 return cand
@@ -93,12 +109,16 @@ def read_minari(spec) -> Trajectories:
                                   np.concatenate(term), np.concatenate(trunc), np.concatenate(next_obs), attrs)
 
 
-def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None) -> Path:
+def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None, overwrite: bool = False) -> Path:
     """Write `traj` as Minari dataset `dataset_id` under `root` (default: the Minari root).
 
     Reference scores are D4RL's, so `minari.get_normalized_score` works on the result. The
-    dataset is built in a temporary root and moved into place only when complete.
+    dataset is built in a temporary root and moved into place only when complete (an existing
+    one, with `overwrite`, is swapped out only then).
     """
+    check_minari_id(dataset_id)
+    root = Path(root) if root is not None else minari_root()
+    claim_outputs([root / dataset_id], [traj.source], overwrite)
     try:
         import minari
         from minari.data_collector import EpisodeBuffer
@@ -107,10 +127,7 @@ def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None) -> 
     if traj.next_observations is None:
         raise DatasetError(traj.source, "cannot write Minari format: the dataset has no next_observations "
                            "(Minari stores N+1 observations per episode)")
-    root = Path(root) if root is not None else minari_root()
     dest = root / dataset_id
-    if dest.exists():
-        raise FileExistsError(f"{dest}: a Minari dataset already exists here; remove it first")
     root.mkdir(parents=True, exist_ok=True)
     buffers = []
     for i, (s, n) in enumerate(zip(traj.starts, traj.lengths)):
@@ -135,7 +152,10 @@ def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None) -> 
                 ref_min_score=task.ref_min, ref_max_score=task.ref_max,
                 description=json.dumps(traj.attrs), data_format="hdf5")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp_root / dataset_id, dest)
+        if dest.exists():
+            swap(tmp_root / dataset_id, dest)
+        else:
+            os.replace(tmp_root / dataset_id, dest)
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dtmerge.envs import Task
+from dtmerge.errors import DtmergeError
 
 
-class DatasetError(ValueError):
+class DatasetError(DtmergeError):
     """A dataset file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, path, problem: str):

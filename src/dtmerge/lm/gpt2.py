@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from dtmerge.atomic import read_json
-from dtmerge.checkpoint import CheckpointError, read_tensors
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.store.checkpoint import CheckpointError, read_tensors
 
 SUPPORTED = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
 

@@ -19,15 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dtmerge.atomic import atomic_path
-from dtmerge.checkpoint import read_tensors
-
-# Table III's variants (all decay l1 = 0.1 to 0 by step 5000). l3 is the original code's 1e-4.
-PRESETS = {
-    "chibit": {"cos_weight": 0.1, "cos_until": 5000},
-    "chibit-co": {"cos_weight": 0.1, "cos_until": 5000, "lm_weight": 1.0},
-    "chibit-r": {"cos_weight": 0.1, "cos_until": 5000, "l2_weight": 1e-4},
-    "gpt2-r": {"cos_weight": 0.1, "cos_until": 5000, "l2_weight": 1e-4},
-}
+from dtmerge.store.checkpoint import read_tensors
 
 
 def cos_to_centres_loss(embeddings: torch.Tensor, centres: torch.Tensor, mask: torch.Tensor | None = None):

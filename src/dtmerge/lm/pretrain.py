@@ -20,8 +20,9 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, atomic_path, write_json
-from dtmerge.checkpoint import load_train_state, write_train_state
+from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.runtime import RunConfig, autocast, pick_device, resolve_precision, seed_everything
+from dtmerge.store.checkpoint import load_train_state, write_train_state
 
 EOS = "<|endoftext|>"
 
@@ -94,14 +95,19 @@ def tokenize_corpus(files: list[str], tokenizer) -> np.ndarray:
     return np.asarray(ids, np.int64)
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
     """Train; returns `<out>/model`, a Hugging Face GPT-2 directory with its tokenizer."""
+    out = Path(cfg.out)
+    claim_outputs([out], cfg.corpus, overwrite, resume)
+    with run_directory(out, overwrite) as run_dir:
+        _pretrain(cfg, run_dir, resume, progress)
+    return out / "model"
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    out = Path(cfg.out)
     state_dir = out / "state"
-    if state_dir.exists() and not resume:
-        raise FileExistsError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
     seed_everything(cfg.seed)
     if not cfg.corpus:
         cfg = cfg.model_copy(update={"corpus": default_corpus(out)})
@@ -157,7 +163,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             if step % cfg.save_every == 0 or step == cfg.steps:
                 _save(out, model, tokenizer, optim, rng, step)
     bar.close()
-    return out / "model"
 
 
 def _save(out: Path, model, tokenizer, optim, rng, step: int) -> None:

@@ -8,26 +8,32 @@ embeddings and heads are never merged; every merged tensor is checked finite.
 
 from __future__ import annotations
 
+import typing
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from safetensors import safe_open
 
-from dtmerge.checkpoint import load_checkpoint, read_meta, save_checkpoint, trunk_sha256
-from dtmerge.merge.bundle import write_bundle
+from dtmerge.errors import DtmergeError
+from dtmerge.merge.fisher import read_fisher_meta
 from dtmerge.merge.methods import METHODS
-from dtmerge.merge.selectors import resolve_mergeable
 from dtmerge.model import DTConfig
+from dtmerge.model.selectors import resolve_mergeable
+from dtmerge.outputs import claim_outputs
+from dtmerge.store.bundle import write_bundle
+from dtmerge.store.checkpoint import carried_meta, load_checkpoint, read_meta, save_checkpoint, trunk_sha256
+from dtmerge.validate import one_line
 
 TRUNK_FIELDS = ("n_embd", "n_layer", "n_head", "n_inner", "activation")
 
 
-class MergeError(ValueError):
-    pass
+class MergeError(DtmergeError):
+    """A merge that cannot be done as configured."""
 
 
 class MergeConfig(BaseModel):
@@ -39,8 +45,9 @@ class MergeConfig(BaseModel):
     method: str = Field("average", description=f"one of: {', '.join(METHODS)}")
     params: dict = Field(default_factory=dict, description="the method's parameters, e.g. {alpha: 0.5}")
     base: str | None = Field(None, description="shared starting checkpoint (task_arithmetic, ties, dare)")
-    fisher_normalize: Literal["total", "l2", "none"] = Field(
-        "total", description="divide each model's Fisher by its total (paper), L2 norm, or nothing")
+    fisher_normalize: Literal["total", "selected", "l2", "none"] = Field(
+        "total", description="divide each model's Fisher by its sum over every block (total, the paper's code), "
+                             "its sum over the selected tensors (selected), its L2 norm over them (l2), or nothing")
     force: bool = Field(False, description="merge against a base the models were not trained from")
     output: str = Field(description="where the result goes")
     format: Literal["bundle", "checkpoint"] = Field("bundle", description="bundle: every task, sharing the "
@@ -58,6 +65,12 @@ class _Inputs:
         if unknown:
             raise MergeError(f"method {cfg.method} takes {list(self.method.params) or 'no parameters'}, "
                              f"not {sorted(unknown)}")
+        hints = typing.get_type_hints(self.method.fn)
+        for key, value in cfg.params.items():
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError:
+                raise MergeError(f"method {cfg.method}: parameter {key}={value!r} is not a {hints[key]}") from None
         self.paths = [Path(p) for p in cfg.models]
         target = Path(cfg.target) if cfg.target else self.paths[0]
         if target not in self.paths:
@@ -81,10 +94,9 @@ class _Inputs:
             self._check_base(cfg)
 
     def _check_fishers(self):
-        from dtmerge.merge.fisher import read_fisher_meta
-
+        self.fisher_metas = {}
         for p in self.paths:
-            fmeta = read_fisher_meta(p)
+            fmeta = self.fisher_metas[p] = read_fisher_meta(p)
             missing = [n for n in self.selected if n not in fmeta["tensors"]]
             if missing:
                 raise MergeError(f"{p / 'fisher.safetensors'} has no Fisher for {missing[:3]}; "
@@ -105,15 +117,23 @@ class _Inputs:
         self.base = {n: base_model.state_dict()[n] for n in self.selected}
 
     def fisher_normalizers(self, how: str) -> list[float]:
+        """One divisor per model: `total` is the Fisher summed over every block of the trunk as
+        recorded in fisher.json (the paper's code: `transformer.h.*`), `selected` the sum over the
+        merged tensors only, `l2` their L2 norm, `none` 1."""
         if how == "none":
             return [1.0] * len(self.paths)
         out = []
-        for fp in self.fisher_paths:
-            with safe_open(fp, framework="pt") as f:
-                total = sum(float(f.get_tensor(n).double().pow(2 if how == "l2" else 1).sum()) for n in self.selected)
-            out.append(total ** 0.5 if how == "l2" else total)
+        for path, fp in zip(self.paths, self.fisher_paths):
+            if how == "total":
+                out.append(self.fisher_metas[path]["total"])
+            else:
+                with safe_open(fp, framework="pt") as f:
+                    power = 2 if how == "l2" else 1
+                    total = sum(float(f.get_tensor(n).double().pow(power).sum()) for n in self.selected)
+                out.append(total ** 0.5 if how == "l2" else total)
             if out[-1] <= 0:
-                raise MergeError(f"{fp}: the Fisher is zero on every selected tensor; cannot normalise by it")
+                raise MergeError(f"{fp}: the Fisher is zero over the tensors it is normalised by ({how}); "
+                                 f"cannot normalise by it")
         return out
 
 
@@ -134,7 +154,10 @@ def plan(cfg: MergeConfig) -> str:
     return "\n".join(lines)
 
 
-def merge(cfg: MergeConfig) -> Path:
+def merge(cfg: MergeConfig, overwrite: bool = False) -> Path:
+    """Merge as configured and write the bundle (or checkpoint) to `cfg.output`."""
+    inputs = [*cfg.models, *(p for p in (cfg.target, cfg.base) if p)]
+    claim_outputs([cfg.output], inputs, overwrite)
     inp = _Inputs(cfg)
     method = inp.method
     normalizers = inp.fisher_normalizers(cfg.fisher_normalize) if method.needs_fisher else None
@@ -151,7 +174,10 @@ def merge(cfg: MergeConfig) -> Path:
                 kwargs.update(fishers=[f.get_tensor(name) for f in fishers], normalizers=normalizers)
             if cfg.method == "dare":
                 kwargs["generator"] = torch.Generator().manual_seed(kwargs.get("seed", 0) + zlib.crc32(name.encode()))
-            out = method.fn(tensors, **kwargs)
+            try:
+                out = method.fn(tensors, **kwargs)
+            except ValueError as e:
+                raise MergeError(f"method {cfg.method}: {e}") from None
             if out.shape != tensors[0].shape or not torch.isfinite(out).all():
                 raise MergeError(f"merging {name} with {cfg.method} gave a non-finite or mis-shaped tensor")
             merged[name] = out
@@ -160,8 +186,7 @@ def merge(cfg: MergeConfig) -> Path:
     if cfg.format == "checkpoint":
         model, meta = load_checkpoint(inp.paths[0])
         model.load_state_dict({**model.state_dict(), **merged})
-        return save_checkpoint(cfg.output, model, {**{k: v for k, v in meta.items() if k not in
-                                                      ("format", "dtmerge_version", "config")}, **provenance})
+        return save_checkpoint(cfg.output, model, {**carried_meta(meta), **provenance})
     if len(set(inp.tasks)) != len(inp.tasks):
         raise MergeError(f"a bundle holds one model per task, got tasks {inp.tasks}; use format: checkpoint")
 
@@ -176,21 +201,19 @@ def merge(cfg: MergeConfig) -> Path:
 
 
 def load_merge_config(path, overrides: dict | None = None) -> MergeConfig:
-    import yaml
-    from pydantic import ValidationError
-
+    """A merge config from YAML, with `overrides` (flags) on top; errors name the file and field."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise MergeError(f"{path}: cannot read YAML ({e})") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise MergeError(f"{path}: cannot read YAML ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise MergeError(f"{path}: a merge config must be a mapping")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return MergeConfig(**data)
     except ValidationError as e:
-        raise MergeError(f"{path}: invalid merge config:\n{e}") from None
+        raise MergeError(f"{path}: invalid merge config: {one_line(e)}") from None
 
 
 __all__ = ["MergeConfig", "MergeError", "load_merge_config", "merge", "plan"]

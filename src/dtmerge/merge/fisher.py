@@ -11,33 +11,29 @@ Estimators (the model is in eval mode; padded tokens are masked out):
 Per-window gradients are vectorised with torch.func: vmap over windows (empirical), vmap over a
 window's outputs (exact).
 Files: `<checkpoint>/fisher.safetensors` (one tensor per trunk parameter) and `fisher.json`
-(estimator, data, sizes, seed, and the SHA-256 of the model file it belongs to).
+(estimator, data, sizes, seed, the per-model totals, and the SHA-256 of the model file it belongs
+to and of the Fisher file itself). The JSON is written last and names the Fisher file's hash, so
+a run stopped between the two writes leaves a pair that is refused, never one that is trusted.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.func import functional_call, grad, vjp, vmap
 from tqdm.auto import tqdm
 
-from dtmerge.atomic import atomic_path, read_json, write_json
-from dtmerge.checkpoint import CheckpointError, load_checkpoint
-from dtmerge.data import WindowSampler, load_dataset
+from dtmerge.atomic import atomic_path, file_sha256, write_json
+from dtmerge.data import WindowSampler, dataset_files, load_dataset
+from dtmerge.outputs import claim_outputs
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
+from dtmerge.store.schema import ESTIMATORS, FISHER_FORMAT, FisherMeta
+from dtmerge.validate import read_validated
 
-ESTIMATORS = ("exact", "empirical", "batch")
 BATCH_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[str, torch.Tensor]:
@@ -84,7 +80,7 @@ def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[s
 
 
 def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exact", batches: int = 4,
-                   batch_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
+                   batch_size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
     """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on)."""
     checkpoint = Path(checkpoint)
     model, meta = load_checkpoint(checkpoint)
@@ -92,9 +88,13 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
     dataset = dataset or meta.get("dataset")
     if not dataset:
         raise CheckpointError(f"{checkpoint}: no dataset recorded; pass --dataset")
+    if estimator not in ESTIMATORS:
+        raise CheckpointError(f"unknown Fisher estimator {estimator!r}; estimators: {', '.join(ESTIMATORS)}")
+    claim_outputs([checkpoint / "fisher.safetensors", checkpoint / "fisher.json"],
+                  [checkpoint / "model.safetensors", checkpoint / "meta.json", *dataset_files(dataset)], overwrite)
     traj, task = load_dataset(dataset, meta["task"])
     sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"],
-                            meta.get("rtg_scale", 1000.0), model.config.max_ep_len, seed=seed)
+                            meta["rtg_scale"], model.config.max_ep_len, seed=seed)
     names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
     windows = tokens = 0
@@ -107,35 +107,38 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
     denom = tokens if estimator == "batch" else windows
     fisher = {n: (v / denom).float() for n, v in total.items()}
     with atomic_path(checkpoint / "fisher.safetensors") as tmp:
-        from safetensors.torch import save_file
-
         save_file(fisher, tmp)
+    sums = {n: float(v.double().sum()) for n, v in fisher.items()}
     write_json(checkpoint / "fisher.json", {
-        "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
-        "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
+        "format": FISHER_FORMAT, "estimator": estimator, "dataset": str(dataset), "task": task.name,
+        "batches": batches, "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
         "normalised_by": "action tokens" if estimator == "batch" else "windows",
         "model_sha256": file_sha256(checkpoint / "model.safetensors"),
-        "tensors": sorted(fisher), "total": float(sum(v.double().sum() for v in fisher.values()))})
+        "fisher_sha256": file_sha256(checkpoint / "fisher.safetensors"), "tensors": sorted(fisher),
+        "total": sum(v for n, v in sums.items() if n.startswith(BLOCK_PREFIX)), "trunk_total": sum(sums.values())})
     return checkpoint / "fisher.safetensors"
 
 
+BLOCK_PREFIX = "transformer.h."
+
+
 def read_fisher_meta(checkpoint) -> dict:
-    """fisher.json of a checkpoint, checked to belong to that checkpoint's weights."""
+    """fisher.json of a checkpoint, validated, and checked to belong to that checkpoint's weights
+    and to the Fisher file beside it; every Fisher tensor is checked finite and non-negative."""
     checkpoint = Path(checkpoint)
-    try:
-        meta = read_json(checkpoint / "fisher.json")
-    except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint / 'fisher.json'}: file not found; compute it first with "
-                              f"`dtmerge fisher {checkpoint}`") from None
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    if meta.get("model_sha256") != file_sha256(checkpoint / "model.safetensors"):
-        raise CheckpointError(f"{checkpoint / 'fisher.safetensors'} does not fit this checkpoint: it was "
-                              f"computed for other weights (model_sha256 differs); recompute it")
-    file = checkpoint / "fisher.safetensors"
+    meta_file, file = checkpoint / "fisher.json", checkpoint / "fisher.safetensors"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{meta_file}: file not found; compute it first with `dtmerge fisher {checkpoint}`")
+    meta = read_validated(meta_file, FisherMeta, CheckpointError).model_dump()
+    if meta["model_sha256"] != file_sha256(checkpoint / "model.safetensors"):
+        raise CheckpointError(f"{file} does not fit this checkpoint: it was computed for other weights "
+                              f"(model_sha256 differs); recompute it")
+    if not file.is_file() or meta["fisher_sha256"] != file_sha256(file):
+        raise CheckpointError(f"{file}: missing or not the file fisher.json describes (fisher_sha256 differs); "
+                              f"recompute it with `dtmerge fisher {checkpoint} --overwrite`")
     try:  # one tensor at a time: Fisher files are as large as the model
         with safe_open(file, framework="pt") as f, safe_open(checkpoint / "model.safetensors", framework="pt") as m:
-            if sorted(f.keys()) != meta.get("tensors"):
+            if sorted(f.keys()) != meta["tensors"]:
                 raise CheckpointError(f"{file}: tensors differ from fisher.json's list")
             model_names = set(m.keys())
             for n in f.keys():

@@ -50,7 +50,7 @@ def interpolate(tensors, alpha: float = 0.5):
 
 
 @register("average", params=("weights",))
-def average(tensors, weights=None):
+def average(tensors, weights: list[float] | None = None):
     """Weighted N-way mean, sum_i w_i theta_i / sum_i w_i (uniform by default).
 
     Merging Decision Transformers (Lawson & Qureshi, 2023), Eq. 2; model soups (Wortsman et al., 2022).
@@ -66,7 +66,7 @@ def average(tensors, weights=None):
 
 
 @register("task_arithmetic", needs_base=True, params=("scale",))
-def task_arithmetic(tensors, base, scale=None):
+def task_arithmetic(tensors, base, scale: float | None = None):
     """base + scale * sum_i (theta_i - base); scale 1/N equals averaging.
 
     Editing Models with Task Arithmetic (Ilharco et al., 2023); Lawson & Qureshi (2023) Eq. 1.
@@ -120,7 +120,7 @@ def ties(tensors, base, density: float = 0.2, scale: float = 1.0):
 
 
 @register("dare", needs_base=True, params=("density", "scale", "seed"))
-def dare(tensors, base, density: float = 0.9, scale=None, seed: int = 0, generator=None):
+def dare(tensors, base, density: float = 0.9, scale: float | None = None, seed: int = 0, generator=None):
     """DARE: drop each task-vector element with probability 1 - density, rescale the survivors by
     1 / density, then task arithmetic (scale 1/N by default).
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import load_file
 
-from dtmerge.checkpoint import load_checkpoint, read_meta
-from dtmerge.merge.bundle import load_bundle_task, read_bundle_meta, write_bundle
+from dtmerge.data import dataset_files
 from dtmerge.merge.engine import MergeConfig, MergeError, merge
+from dtmerge.outputs import claim_outputs
+from dtmerge.store.bundle import load_bundle_task, read_bundle_meta, write_bundle
+from dtmerge.store.checkpoint import carried_meta, load_checkpoint, read_meta, save_checkpoint
 from dtmerge.train import TrainConfig, train
+from dtmerge.train.config import check_finetune_fields
 
 
 class MFFConfig(BaseModel):
@@ -28,32 +31,38 @@ class MFFConfig(BaseModel):
     finetune: dict = Field(default_factory=dict, description="TrainConfig fields for the finetuning runs "
                                                              "(steps, lr, batch_size, ...)")
 
+    @field_validator("finetune")
+    @classmethod
+    def _finetune(cls, v):
+        return check_finetune_fields(v, {"dataset", "task", "out", "init", "freeze"})
 
-def merge_freeze_finetune(cfg: MFFConfig, progress: bool = True) -> Path:
+
+def merge_freeze_finetune(cfg: MFFConfig, resume: bool = False, overwrite: bool = False,
+                          progress: bool = True) -> Path:
+    """Merge, freeze the merged tensors, finetune the rest per task, and write one bundle.
+
+    Outputs: `cfg.output`, the merged bundle `cfg.merge.output`, and the finetuning runs in
+    `<output>.runs/`; `resume` continues stopped finetuning runs (each checked to start from the
+    same merge), `overwrite` replaces earlier outputs."""
     if cfg.merge.format != "bundle":
         raise MergeError("merge-freeze-finetune needs merge.format: bundle")
-    merged = merge(cfg.merge)
+    work = Path(cfg.output).with_name(Path(cfg.output).name + ".runs")
+    sources = {path: read_meta(path) for path in cfg.merge.models}
+    datasets = {m["task"]: cfg.datasets.get(m["task"]) or m["dataset"] for m in sources.values()}
+    claim_outputs([cfg.output, cfg.merge.output, work],
+                  [*cfg.merge.models, *(f for d in datasets.values() for f in dataset_files(d))], overwrite, resume)
+    merged = merge(cfg.merge, overwrite=True)  # claimed above; a merge is deterministic, so resuming redoes it
     bmeta = read_bundle_meta(merged)
     shared_names = bmeta["shared"]
     shared = load_file(merged / "shared.safetensors")
-    work = Path(cfg.output).with_name(Path(cfg.output).name + ".runs")
     finetuned = {}
     for task, path in zip(bmeta["merge"]["tasks"], bmeta["merge"]["models"]):
         init = work / task / "init"
-        model, tmeta = load_bundle_task(merged, task)
-        from dtmerge.checkpoint import save_checkpoint
-
-        source_meta = read_meta(path)
-        save_checkpoint(init, model, {**{k: v for k, v in source_meta.items()
-                                         if k not in ("format", "dtmerge_version", "config")},
-                                      "merged_from": str(merged)})
-        dataset = cfg.datasets.get(task) or source_meta.get("dataset")
-        if not dataset:
-            raise MergeError(f"no dataset for {task}: give datasets: {{{task}: ...}}")
-        tcfg = TrainConfig(**{"eval_episodes": 0, **cfg.finetune, "dataset": dataset, "task": task,
+        model, _ = load_bundle_task(merged, task)
+        save_checkpoint(init, model, {**carried_meta(sources[path]), "merged_from": str(merged)})
+        tcfg = TrainConfig(**{**cfg.finetune, "dataset": datasets[task], "task": task,
                               "out": str(work / task / "finetune"), "init": str(init), "freeze": shared_names})
-        ckpt = train(tcfg, resume=(work / task / "finetune" / "checkpoint").exists(), progress=progress)
-        finetuned[task] = ckpt
+        finetuned[task] = train(tcfg, resume=resume, overwrite=overwrite, progress=progress)
     per_task = {}
     for task, ckpt in finetuned.items():
         model, meta = load_checkpoint(ckpt)
@@ -62,7 +71,6 @@ def merge_freeze_finetune(cfg: MFFConfig, progress: bool = True) -> Path:
         if changed:
             raise MergeError(f"{ckpt}: frozen merged tensors changed during finetuning: {changed[:3]}")
         per_task[task] = (meta, {n: t for n, t in sd.items() if n not in shared})
-    info = {"merge": bmeta["merge"], "mff": {"finetune": cfg.finetune, "datasets":
-                                             {t: read_meta(c)["dataset"] for t, c in finetuned.items()},
+    info = {"merge": bmeta["merge"], "mff": {"finetune": cfg.finetune, "datasets": datasets,
                                              "checkpoints": {t: str(c) for t, c in finetuned.items()}}}
     return write_bundle(cfg.output, shared, per_task, info)

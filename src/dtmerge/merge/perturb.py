@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dtmerge.checkpoint import load_checkpoint, save_checkpoint
-from dtmerge.merge.selectors import resolve
+from dtmerge.model.selectors import SelectorError, resolve
+from dtmerge.outputs import claim_outputs
+from dtmerge.store.checkpoint import carried_meta, load_checkpoint, save_checkpoint
 
 KINDS = ("random", "identity", "remove")
 
@@ -43,14 +44,16 @@ def perturb_state(state: dict[str, torch.Tensor], names: list[str], kind: str, n
     return out
 
 
-def perturb_checkpoint(checkpoint, output, kind: str, select=("attn",), seed: int = 0) -> Path:
+def perturb_checkpoint(checkpoint, output, kind: str, select=("attn",), seed: int = 0,
+                       overwrite: bool = False) -> Path:
+    """Write a copy of `checkpoint` to `output` with its selected attention perturbed."""
+    claim_outputs([output], [checkpoint], overwrite)
     model, meta = load_checkpoint(checkpoint)
     groups = model.parameter_groups()
     names = resolve(list(select), groups, [n for n, _ in model.named_parameters()])
     not_attn = [n for n in names if n not in set(groups["attn"])]
     if not_attn:
-        raise ValueError(f"perturbations apply to attention tensors only, not {not_attn[:3]}")
+        raise SelectorError(f"perturbations apply to attention tensors only, not {not_attn[:3]}")
     model.load_state_dict(perturb_state(model.state_dict(), names, kind, model.config.n_layer, seed))
-    keep = {k: v for k, v in meta.items() if k not in ("format", "dtmerge_version", "config")}
-    return save_checkpoint(output, model, {**keep, "perturbation": {"kind": kind, "select": list(select),
+    return save_checkpoint(output, model, {**carried_meta(meta), "perturbation": {"kind": kind, "select": list(select),
                                                                      "seed": seed, "source": str(checkpoint)}})

@@ -14,6 +14,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dtmerge.model.gpt import ACTIVATIONS, GPT
+from dtmerge.model.groups import parameter_groups
 
 
 class DTConfig(BaseModel):
@@ -69,6 +70,4 @@ class DecisionTransformer(nn.Module):
         return self.predict_action(self.transformer(self.embed_ln(tokens), key_mask, keep))
 
     def parameter_groups(self) -> dict[str, list[str]]:
-        from dtmerge.model.groups import parameter_groups
-
         return parameter_groups(self)

@@ -10,22 +10,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from dtmerge.atomic import atomic_path, read_json, write_json
-from dtmerge.checkpoint import read_format_json
-from dtmerge.envs import get_task
+from dtmerge.envs import TaskName, get_task
+from dtmerge.errors import DtmergeError
+from dtmerge.validate import Schema, read_validated
 
 FORMAT = "dtmerge.actor/1"
 ZOO_DIR = Path(__file__).parent / "policies"
 ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0.0), "tanh": np.tanh}
 
 
-class ActorError(ValueError):
+class ActorError(DtmergeError):
     """An actor file that cannot be used; the message names the file and the problem."""
+
+
+class ActorMeta(Schema):
+    """`<stem>.json` of an actor: its structure, then where it came from and how it measured."""
+
+    format: Literal["dtmerge.actor/1"] = FORMAT
+    obs_dim: int = Field(gt=0)
+    act_dim: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    activation: Literal[tuple(ACTIVATIONS)]
+    obs_clip: float = Field(gt=0)
+    action_sampling: str
+    task: TaskName | None = None
+    env_id: str | None = None
+    algo: str | None = None
+    preset: str | None = None
+    level: str | None = None
+    train_steps: int | None = None
+    seed: int | None = None
+    snapshot_eval: dict | None = None
+    measured: dict | None = None
+    measured_episodes: int | None = None
+    measured_seed: int | None = None
+    selection: dict | None = None
 
 
 @dataclass
@@ -83,22 +110,20 @@ class Actor:
     def load(cls, stem) -> "Actor":
         stem = Path(stem)
         meta_file, weight_file = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        meta = read_format_json(meta_file, FORMAT, ActorError)
-        if meta.get("activation") not in ACTIVATIONS:
-            raise ActorError(f"{meta_file}: unknown activation {meta.get('activation')!r}")
+        meta = read_validated(meta_file, ActorMeta, ActorError).model_dump(exclude_none=True)
         try:
             t = load_file(weight_file)
         except FileNotFoundError:
             raise ActorError(f"{weight_file}: file not found") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise ActorError(f"{weight_file}: not a readable safetensors file ({e})") from None
-        n = meta.get("layers", 0)
+        n = meta["layers"]
         need = ["obs_mean", "obs_std", "log_std"] + [f"layers.{i}.{p}" for i in range(n) for p in ("weight", "bias")]
         missing = [k for k in need if k not in t]
-        if n < 1 or missing:
-            raise ActorError(f"{weight_file}: missing tensors {missing or ['layers.*']}")
+        if missing:
+            raise ActorError(f"{weight_file}: missing tensors {missing}")
         actor = cls([t[f"layers.{i}.weight"] for i in range(n)], [t[f"layers.{i}.bias"] for i in range(n)],
-                    t["log_std"], t["obs_mean"], t["obs_std"], float(meta.get("obs_clip", np.inf)),
+                    t["log_std"], t["obs_mean"], t["obs_std"], meta["obs_clip"],
                     meta["activation"], {k: v for k, v in meta.items() if k not in _STRUCTURAL})
         actor._check(weight_file, meta)
         return actor

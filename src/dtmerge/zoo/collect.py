@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, read_json, write_json
-from dtmerge.checkpoint import load_train_state, write_train_state
 from dtmerge.envs import get_task
 from dtmerge.evaluate import episode_stats, run_episodes
+from dtmerge.outputs import claim_outputs, run_directory
+from dtmerge.store.checkpoint import load_train_state, write_train_state
 from dtmerge.zoo.actor import Actor
 
 # Two PPO presets. "rl-zoo": rl-baselines3-zoo's tuned settings for each -v3 env (hyperparams/ppo.yml),
@@ -90,12 +91,18 @@ def build_agent(task, preset_name: str = "auto", seed: int = 0):
     return model, venv, chosen
 
 
-def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> Path:
-    task = get_task(cfg.task)
+def collect(cfg: CollectConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train the behaviour agent in `cfg.out` (snapshots, log.jsonl, a resumable state)."""
     out = Path(cfg.out)
+    claim_outputs([out], [], overwrite, resume)
+    with run_directory(out, overwrite) as run_dir:
+        _collect(cfg, run_dir, resume, progress)
+    return out
+
+
+def _collect(cfg: CollectConfig, out: Path, resume: bool, progress: bool) -> None:
+    task = get_task(cfg.task)
     state_dir = out / "state"
-    if state_dir.exists() and not resume:
-        raise FileExistsError(f"{state_dir} exists: pass --resume to continue that run, or choose another --out")
     torch.set_num_threads(cfg.threads)
     model, venv, chosen = build_agent(task, cfg.preset, cfg.seed)
     hp = {k: v for k, v in chosen.items() if k not in ("policy", "name")}
@@ -122,7 +129,6 @@ def collect(cfg: CollectConfig, resume: bool = False, progress: bool = True) -> 
         bar.update(step - before)
         bar.set_postfix(ret=f"{stats['return_mean']:.0f}")
     bar.close()
-    return out
 
 
 def evaluate_actor(actor: Actor, task, episodes: int, seed: int, stochastic: bool = False,
@@ -140,12 +146,15 @@ def evaluate_actor(actor: Actor, task, episodes: int, seed: int, stochastic: boo
     return episode_stats(task, run["returns"], run["lengths"])
 
 
-def export(run_dir, dest, episodes: int = 20, seed: int = 1_000_000, progress: bool = True) -> dict:
+def export(run_dir, dest, episodes: int = 20, seed: int = 1_000_000, progress: bool = True,
+           overwrite: bool = False) -> dict:
     """Choose expert and medium snapshots of a collect run and write them to `dest`, re-measured."""
     run_dir, dest = Path(run_dir), Path(dest)
     log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
     run_cfg = read_json(run_dir / "config.json")
     task = get_task(run_cfg["task"])
+    stems = [dest / f"{task.name}-{level}" for level in ("expert", "medium")]
+    claim_outputs([s.with_suffix(ext) for s in stems for ext in (".json", ".safetensors")], [run_dir], overwrite)
     best = max(log, key=lambda r: r["return_mean"])
     target = best["return_mean"] / 3
     in_range = [r for r in log if 0.25 * best["return_mean"] <= r["return_mean"] <= 0.5 * best["return_mean"]]

@@ -14,27 +14,42 @@ import hashlib
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, read_json, write_json
+from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.store.schema import CHECKPOINT_FORMAT, CheckpointMeta
+from dtmerge.validate import one_line, read_validated
 
-FORMAT = "dtmerge.dt/1"
+FORMAT = CHECKPOINT_FORMAT
+STRUCTURAL = ("format", "dtmerge_version", "config")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DtmergeError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
 
 
+def carried_meta(meta: dict) -> dict:
+    """A checkpoint's metadata minus what `save_checkpoint` writes itself: to derive a new one."""
+    return {k: v for k, v in meta.items() if k not in STRUCTURAL}
+
+
 def save_checkpoint(path, model: DecisionTransformer, meta: dict, train_state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically; its meta.json is validated before it is written."""
     path = Path(path)
+    try:
+        checked = CheckpointMeta.model_validate({"dtmerge_version": __version__,
+                                                 "config": model.config.model_dump(), **meta})
+    except ValidationError as e:
+        raise CheckpointError(f"{path / 'meta.json'}: refusing to write invalid metadata: {one_line(e)}") from None
     with atomic_dir(path) as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, tmp / "model.safetensors")
-        write_json(tmp / "meta.json", {"format": FORMAT, "dtmerge_version": __version__,
-                                       "config": model.config.model_dump(), **meta})
+        write_json(tmp / "meta.json", checked.model_dump(mode="json"))
         if train_state is not None:
             write_train_state(tmp, train_state)
     return path
@@ -57,32 +72,19 @@ def read_tensors(file) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def read_format_json(file, expected_format: str, error: type[Exception] = CheckpointError) -> dict:
-    """A JSON metadata file whose `format` field must be `expected_format`; problems raise `error`."""
-    try:
-        meta = read_json(file)
-    except (FileNotFoundError, ValueError) as e:
-        raise error(str(e)) from None
-    if meta.get("format") != expected_format:
-        raise error(f"{file}: format is {meta.get('format')!r}, expected {expected_format!r}")
-    return meta
-
-
 def read_meta(path) -> dict:
-    return read_format_json(Path(path) / "meta.json", FORMAT)
+    """A checkpoint's meta.json, validated (see dtmerge.store.schema)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    return read_validated(path / "meta.json", CheckpointMeta, CheckpointError).model_dump()
 
 
 def load_checkpoint(path, device="cpu") -> tuple[DecisionTransformer, dict]:
     """Rebuild the model from meta.json and load its tensors, checking names and shapes exactly."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
     meta = read_meta(path)
-    try:
-        config = DTConfig(**meta["config"])
-    except Exception as e:  # pydantic.ValidationError or a missing key
-        raise CheckpointError(f"{path / 'meta.json'}: invalid model config ({e})") from None
-    model = DecisionTransformer(config)
+    model = DecisionTransformer(DTConfig(**meta["config"]))
     tensors = read_tensors(path / "model.safetensors")
     check_tensors(path / "model.safetensors", model.state_dict(), tensors)
     model.load_state_dict(tensors)
@@ -109,7 +111,11 @@ def load_train_state(path) -> dict:
         skeleton = read_json(path / "train_state.json")
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"{e}; cannot resume") from None
-    return unflatten_tensors(skeleton, read_tensors(path / "train_state.safetensors"))
+    try:
+        return unflatten_tensors(skeleton, read_tensors(path / "train_state.safetensors"))
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path / 'train_state.json'}: does not match train_state.safetensors; "
+                              f"cannot resume") from None
 
 
 def flatten_tensors(obj, prefix: str = "") -> tuple[dict[str, torch.Tensor], object]:

@@ -13,13 +13,14 @@ import fnmatch
 
 import torch
 
-from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.errors import DtmergeError
+from dtmerge.model.dt import DecisionTransformer, DTConfig
 
 PER_TASK_PREFIXES = ("embed_", "predict_")
 
 
-class SelectorError(ValueError):
-    pass
+class SelectorError(DtmergeError):
+    """A selector that matches nothing, or matches what may not be merged."""
 
 
 def model_groups(config: DTConfig) -> tuple[dict[str, list[str]], list[str]]:

@@ -11,16 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, write_json
-from dtmerge.checkpoint import CheckpointError, check_tensors, read_format_json, read_tensors, write_train_state
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.store.checkpoint import CheckpointError, check_tensors, read_tensors, write_train_state
+from dtmerge.store.schema import BUNDLE_FORMAT, BundleMeta, TaskMeta
+from dtmerge.validate import one_line, read_validated
 
-FORMAT = "dtmerge.bundle/1"
-TASK_META_KEYS = ("task", "env_id", "config", "state_mean", "state_std", "rtg_scale", "rtg_targets", "dataset")
+FORMAT = BUNDLE_FORMAT
 
 
 def is_bundle(path) -> bool:
@@ -31,25 +33,30 @@ def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tupl
                  info: dict, train_state: dict | None = None) -> Path:
     """`per_task[task] = (meta, tensors)`; `tensors` may be a callable returning them, so that
     only one task's tensors need to be in memory at a time. A training run adds its resumable state."""
+    tasks = {task: {k: meta[k] for k in TaskMeta.model_fields if k in meta} for task, (meta, _) in per_task.items()}
+    try:  # validated before any file is written: task names become file names
+        checked = BundleMeta.model_validate({"dtmerge_version": __version__, "tasks": tasks,
+                                             "shared": sorted(shared), **info})
+    except ValidationError as e:
+        raise CheckpointError(f"{Path(path) / 'bundle.json'}: refusing to write invalid metadata: "
+                              f"{one_line(e)}") from None
     with atomic_dir(path) as tmp:
         if train_state is not None:
             write_train_state(tmp, train_state)
         save_file({k: v.contiguous() for k, v in shared.items()}, tmp / "shared.safetensors")
-        tasks = {}
-        for task, (meta, tensors) in per_task.items():
+        for task, (_, tensors) in per_task.items():
             tensors = tensors() if callable(tensors) else tensors
             overlap = set(tensors) & set(shared)
             if overlap:
                 raise ValueError(f"tensors both shared and task-specific for {task}: {sorted(overlap)[:3]}")
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{task}.safetensors")
-            tasks[task] = {k: meta[k] for k in TASK_META_KEYS if k in meta}
-        write_json(tmp / "bundle.json", {"format": FORMAT, "dtmerge_version": __version__, "tasks": tasks,
-                                         "shared": sorted(shared), **info})
+        write_json(tmp / "bundle.json", checked.model_dump(mode="json"))
     return Path(path)
 
 
 def read_bundle_meta(path) -> dict:
-    return read_format_json(Path(path) / "bundle.json", FORMAT)
+    """A bundle's bundle.json, validated: task names are registered tasks, shapes fit configs."""
+    return read_validated(Path(path) / "bundle.json", BundleMeta, CheckpointError).model_dump()
 
 
 def load_bundle_task(path, task: str | None = None) -> tuple[DecisionTransformer, dict]:
@@ -64,7 +71,13 @@ def load_bundle_task(path, task: str | None = None) -> tuple[DecisionTransformer
         raise CheckpointError(f"{path}: no task {task!r} in this bundle (it holds {', '.join(meta['tasks'])})")
     tmeta = meta["tasks"][task]
     model = DecisionTransformer(DTConfig(**tmeta["config"]))
-    tensors = {**read_tensors(path / "shared.safetensors"), **read_tensors(path / f"{task}.safetensors")}
+    shared = read_tensors(path / "shared.safetensors")
+    if sorted(shared) != meta["shared"]:
+        raise CheckpointError(f"{path / 'shared.safetensors'}: its tensors differ from bundle.json's shared list")
+    own = read_tensors(path / f"{task}.safetensors")
+    if set(own) & set(shared):
+        raise CheckpointError(f"{path / f'{task}.safetensors'}: holds tensors that are also shared")
+    tensors = {**shared, **own}
     check_tensors(path / f"{task}.safetensors", model.state_dict(), tensors)
     model.load_state_dict(tensors)
     return model, {**tmeta, "bundle": str(path)}

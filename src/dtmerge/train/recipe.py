@@ -1,0 +1,101 @@
+"""`train(cfg)`: everything a run needs before the loop starts, then `fit`.
+
+Loads the datasets, builds each task's starting model — random, a DT checkpoint, one task of a
+bundle, or a GPT-2-shaped language model — and the Eq. 5 terms, applies the output policy (an
+existing run is continued only with `resume`, replaced only with `overwrite` and then only once
+the new run is complete), and hands it all to the loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dtmerge.data import dataset_files, load_dataset
+from dtmerge.errors import DtmergeError
+from dtmerge.lm.gpt2 import dt_from_gpt2, resolve_lm_dir
+from dtmerge.lm.objectives import ExtraTerms, LMCoTraining, token_centres
+from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.model.selectors import resolve
+from dtmerge.outputs import claim_outputs, run_directory
+from dtmerge.runtime import pick_device, seed_everything
+from dtmerge.store.bundle import is_bundle, load_bundle_task
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, trunk_sha256
+from dtmerge.train.config import TrainConfig
+from dtmerge.train.loop import TaskRun, fit
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train and checkpoint to `<out>/checkpoint` (a bundle when several datasets are given)."""
+    out = Path(cfg.out)
+    multi = len(cfg.dataset) > 1
+    if multi and (cfg.task or cfg.cos_weight or (cfg.init and not is_language_model(cfg.init))):
+        raise DtmergeError("a multi-task run takes no --task, no --cos-weight, and only a language model as --init")
+    inputs = [f for d in cfg.dataset for f in dataset_files(d)] + ([cfg.init] if cfg.init else [])
+    claim_outputs([out], inputs, overwrite, resume)
+    data = [load_dataset(d, cfg.task) for d in cfg.dataset]
+    names = [task.name for _, task in data]
+    if len(set(names)) != len(names):
+        raise DtmergeError(f"a multi-task run needs one dataset per task, got tasks {names}")
+    seed_everything(cfg.seed)
+    runs = [_start(cfg, spec, traj, task) for spec, (traj, task) in zip(cfg.dataset, data)]
+    for r in runs[1:]:  # one trunk and timestep embedding for every task
+        r.model.transformer, r.model.embed_timestep = runs[0].model.transformer, runs[0].model.embed_timestep
+    frozen = set(resolve(cfg.freeze, runs[0].model.parameter_groups(),
+                         [n for n, _ in runs[0].model.named_parameters()])) if cfg.freeze else set()
+    for r in runs:
+        for name, p in r.model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        r.meta.update(frozen=sorted(frozen), init_trunk_sha256=trunk_sha256(runs[0].model.state_dict()))
+    extra = extra_terms(cfg, runs[0].model, pick_device(cfg.device))
+    with run_directory(out, overwrite) as run_dir:
+        fit(cfg, runs, run_dir, extra, resume=resume, progress=progress)
+    return out / "checkpoint"
+
+
+def _start(cfg: TrainConfig, spec: str, traj, task) -> TaskRun:
+    """A task's starting model and state statistics (an initialised DT keeps the ones it was
+    trained with), with what its checkpoint will record about its origin."""
+    meta = {"task": task.name, "env_id": task.env_id, "dataset": spec, "dataset_attrs": traj.attrs,
+            "rtg_targets": list(task.rtg_targets)}
+    if cfg.init is None:
+        model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim, **cfg.model.model_dump()))
+        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": "random"})
+    if is_bundle(cfg.init):  # one task of a multi-task bundle, e.g. to finetune a copy per task
+        model, source = load_bundle_task(cfg.init, task.name)
+        kind = {"init_kind": "bundle"}
+    elif is_language_model(cfg.init):
+        model = dt_from_gpt2(cfg.init, task.obs_dim, task.act_dim, cfg.model.context_len,
+                             dropout=cfg.model.dropout, share_position_embedding=cfg.share_lm_positions)
+        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": str(cfg.init), "init_kind": "gpt2"})
+    else:
+        model, source = load_checkpoint(cfg.init)
+        kind = {}
+        if source["task"] != task.name:
+            raise CheckpointError(f"{cfg.init}: init checkpoint is for {source['task']}, the dataset for {task.name}")
+    mean, std = (np.asarray(source[k], np.float32) for k in ("state_mean", "state_std"))
+    return TaskRun(model, traj, mean, std, {**meta, "init": str(cfg.init), **kind})
+
+
+def is_language_model(path) -> bool:
+    """Neither a DT checkpoint nor a bundle: a Hugging Face GPT-2 directory or hub id."""
+    return not (Path(path) / "meta.json").is_file() and not is_bundle(path)
+
+
+def extra_terms(cfg: TrainConfig, model, device) -> ExtraTerms:
+    """The Eq. 5 terms the config asks for (L_cos and L_LM need a language-model init)."""
+    lm_init = cfg.init is not None and is_language_model(cfg.init)
+    if (cfg.cos_weight or cfg.lm_weight) and not lm_init:
+        raise DtmergeError("cos_weight (L_cos) and lm_weight (L_LM) need a language-model init: pass --init "
+                           "with a GPT-2 or ChibiT model")
+    centres = lm = None
+    if cfg.cos_weight or cfg.lm_weight:
+        lm_dir = resolve_lm_dir(cfg.init)
+        if cfg.cos_weight:
+            centres = token_centres(lm_dir, cfg.cos_clusters, cfg.seed)
+        if cfg.lm_weight:
+            if not cfg.lm_corpus or not cfg.share_lm_positions:
+                raise DtmergeError("lm_weight (L_LM) needs --lm-corpus and the LM's positions as timestep embedding")
+            lm = LMCoTraining(lm_dir, cfg.lm_corpus, cfg.lm_seq_len, cfg.lm_batch_size, cfg.seed, device)
+    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm, cfg.lm_weight, lm)
