@@ -69,3 +69,10 @@ def checkpoint_meta(task_name: str, **extra) -> dict:
             "state_mean": [0.0] * task.obs_dim, "state_std": [1.0] * task.obs_dim, "rtg_scale": 1000.0,
             "rtg_targets": list(task.rtg_targets), "seed": 0, "step": 0, "train_config": {}, "frozen": [],
             "init": "random", "init_trunk_sha256": "0" * 64, **extra}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many hostile inputs were refused cleanly (tests/test_bad_inputs.py)."""
+    passed = [r for r in terminalreporter.stats.get("passed", []) if "test_hostile_input[" in r.nodeid]
+    if passed:
+        terminalreporter.write_line(f"hostile inputs refused cleanly: {len(passed)}")

@@ -1,6 +1,7 @@
 """The merge engine, bundles, Fisher files, Merge-Freeze-Finetune and attention perturbation."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from dtmerge.cli import main
 from dtmerge.evaluate import evaluate_checkpoint, load_policy_model
 from dtmerge.merge.engine import MergeConfig, MergeError, merge, plan
-from dtmerge.merge.fisher import compute_fisher, fisher_terms
+from dtmerge.merge.fisher import compute_fisher, fisher_terms, write_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 from dtmerge.merge.perturb import perturb_checkpoint
 from dtmerge.model import DecisionTransformer, DTConfig
@@ -268,3 +269,36 @@ def test_finetune_then_merge_from_a_multitask_bundle(tmp_path, task_files):
     assert bool(((w >= lo - 1e-7) & (w <= hi + 1e-7)).all())  # a Fisher-weighted mean lies between the two
     meta = load_checkpoint(tmp_path / "merged.runs" / "hopper" / "checkpoint")[1]
     assert meta["init_kind"] == "bundle" and meta["state_mean"] == load_bundle_task(multi, "hopper")[1]["state_mean"]
+
+
+@pytest.mark.parametrize("normalize", ["total", "selected", "none"])
+def test_fisher_normalisers_match_hand_computation(tmp_path, task_models, normalize):
+    """total: each model's Fisher over every block (transformer.h.*, the paper's code; ln_f left out);
+    selected: over the merged tensors only; none: raw."""
+    paths = [task_models["hopper"], task_models["walker2d"]]
+    values = [{"mlp": 1.0, "blocks": 3.0, "ln_f": 100.0}, {"mlp": 2.0, "blocks": 1.0, "ln_f": 50.0}]
+    for path, v in zip(paths, values):
+        shutil.copytree(path, tmp_path / path.parent.name)
+    paths = [tmp_path / p.parent.name for p in paths]
+    weights = [_weights(p) for p in paths]
+    trunk = [n for n in weights[0] if n.startswith("transformer.")]
+    mlp = [n for n in trunk if n.startswith("transformer.h.0.mlp.")]
+    for path, v in zip(paths, values):
+        fisher = {n: torch.full_like(weights[0][n], v["mlp"] if n in mlp else v["ln_f"] if "ln_f" in n else v["blocks"])
+                  for n in trunk}
+        write_fisher(path, fisher, {"estimator": "exact", "dataset": "(hand-made)", "task": load_checkpoint(path)[1]
+                                    ["task"], "batches": 1, "batch_size": 1, "seed": 0, "windows": 1,
+                                    "action_tokens": 1, "normalised_by": "windows"})
+    n_mlp = sum(weights[0][n].numel() for n in mlp)
+    n_blocks = sum(weights[0][n].numel() for n in trunk if n.startswith("transformer.h.")) - n_mlp
+    divisor = {"total": [v["mlp"] * n_mlp + v["blocks"] * n_blocks for v in values],
+               "selected": [v["mlp"] * n_mlp for v in values], "none": [1.0, 1.0]}[normalize]
+    floor = 1e-12
+    w = [v["mlp"] / d + floor for v, d in zip(values, divisor)]
+    out = merge(MergeConfig(models=[str(p) for p in paths], method="fisher", select=["h.0.mlp"],
+                            fisher_normalize=normalize, output=str(tmp_path / "f")))
+    shared = load_file(out / "shared.safetensors")
+    for n in mlp:
+        expected = (w[0] * weights[0][n].double() + w[1] * weights[1][n].double()) / (w[0] + w[1])
+        torch.testing.assert_close(shared[n], expected.float(), rtol=0, atol=1e-7)
+    assert json.loads((paths[0] / "fisher.json").read_text())["total"] == pytest.approx(1 * n_mlp + 3 * n_blocks)

@@ -335,11 +335,12 @@ def data_export(dataset, dest, task, fmt, minari_root, overwrite):
 @click.option("--transitions", type=click.IntRange(min=1), help="size [default: 1M; 2M for medium-expert]")
 @click.option("--seed", default=0, type=click.IntRange(min=0), help="seed for environments and action sampling")
 @click.option("--minari-id", help="also export as this Minari dataset id (needs dtmerge[minari])")
-@click.option("--minari-root", type=click.Path(file_okay=False), help="default: MINARI_DATASETS_PATH")
+@click.option("--minari-root", "minari_root_opt", type=click.Path(file_okay=False),
+              help="default: MINARI_DATASETS_PATH")
 @click.option("--overwrite", is_flag=True, help="make the dataset again even if a verified copy is cached "
                                                 "(and replace the Minari export)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def data_make(dataset_id, transitions, seed, minari_id, minari_root, overwrite, quiet):
+def data_make(dataset_id, transitions, seed, minari_id, minari_root_opt, overwrite, quiet):
     """Make DATASET_ID (e.g. hopper-medium, walker2d-medium-expert) from the shipped policies.
 
     Writes the D4RL HDF5 layout under $DTMERGE_HOME/datasets (default ~/.cache/dtmerge) and prints
@@ -358,15 +359,19 @@ def data_make(dataset_id, transitions, seed, minari_id, minari_root, overwrite, 
         raise click.UsageError("give the seed either in the id or with --seed, not both")
     if transitions:
         check_size(transitions, dataset_id)
-    if minari_id:
-        check_minari_id(minari_id)
+    if minari_id:  # refused now, before the dataset is made, if the export could not be written
+        from dtmerge.data.minari import minari_root
+        from dtmerge.outputs import claim_outputs
+
+        claim_outputs([Path(minari_root_opt or minari_root()) / check_minari_id(minari_id)],
+                      [], overwrite)
     path = make_dataset(task=parsed[0].name, level=parsed[1], transitions=transitions or parsed[2],
                         seed=seed or parsed[3], overwrite=overwrite, progress=not quiet)
     click.echo(path)
     traj, task = load_dataset(path)
     click.echo(json.dumps({k: traj.attrs[k] for k in ("transitions", "trajectories", "return_mean", "score_mean")}))
     if minari_id:
-        click.echo(write_minari(traj, minari_id, task, minari_root, overwrite))
+        click.echo(write_minari(traj, minari_id, task, minari_root_opt, overwrite))
 
 
 @data_group.command("collect")

@@ -29,7 +29,8 @@ def one_line(error: ValidationError) -> str:
     first = errors[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{loc}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message}{more}"
 
 
 def read_validated(file, schema: type[M], error: type[Exception] = DtmergeError) -> M:

@@ -105,21 +105,27 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
         windows += batch_size
         tokens += int(batch["mask"].sum())
     denom = tokens if estimator == "batch" else windows
-    fisher = {n: (v / denom).float() for n, v in total.items()}
-    with atomic_path(checkpoint / "fisher.safetensors") as tmp:
-        save_file(fisher, tmp)
-    sums = {n: float(v.double().sum()) for n, v in fisher.items()}
-    write_json(checkpoint / "fisher.json", {
-        "format": FISHER_FORMAT, "estimator": estimator, "dataset": str(dataset), "task": task.name,
-        "batches": batches, "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
-        "normalised_by": "action tokens" if estimator == "batch" else "windows",
-        "model_sha256": file_sha256(checkpoint / "model.safetensors"),
-        "fisher_sha256": file_sha256(checkpoint / "fisher.safetensors"), "tensors": sorted(fisher),
-        "total": sum(v for n, v in sums.items() if n.startswith(BLOCK_PREFIX)), "trunk_total": sum(sums.values())})
-    return checkpoint / "fisher.safetensors"
+    return write_fisher(checkpoint, {n: (v / denom).float() for n, v in total.items()}, {
+        "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
+        "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
+        "normalised_by": "action tokens" if estimator == "batch" else "windows"})
 
 
 BLOCK_PREFIX = "transformer.h."
+
+
+def write_fisher(checkpoint, fisher: dict[str, torch.Tensor], info: dict) -> Path:
+    """Store a diagonal Fisher beside `checkpoint`: the tensors first, then fisher.json naming their
+    hash, the model's hash, and the totals merging normalises by."""
+    checkpoint = Path(checkpoint)
+    with atomic_path(checkpoint / "fisher.safetensors") as tmp:
+        save_file({n: t.contiguous() for n, t in fisher.items()}, tmp)
+    sums = {n: float(v.double().sum()) for n, v in fisher.items()}
+    write_json(checkpoint / "fisher.json", {
+        "format": FISHER_FORMAT, **info, "model_sha256": file_sha256(checkpoint / "model.safetensors"),
+        "fisher_sha256": file_sha256(checkpoint / "fisher.safetensors"), "tensors": sorted(fisher),
+        "total": sum(v for n, v in sums.items() if n.startswith(BLOCK_PREFIX)), "trunk_total": sum(sums.values())})
+    return checkpoint / "fisher.safetensors"
 
 
 def read_fisher_meta(checkpoint) -> dict:

@@ -1,0 +1,110 @@
+"""Stopped runs: kill -9 and SIGTERM leave the previous complete output or nothing, never a
+partial file that a later run trusts, and a killed training run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dtmerge.store.checkpoint import load_checkpoint
+from dtmerge.train import TrainConfig, train
+
+CLI = [sys.executable, "-c", "from dtmerge.cli import main; main()"]
+STEPS, SAVE_EVERY = 1500, 50
+
+
+def _train_args(data, out):
+    return ["train", "--dataset", str(data), "--out", str(out), "--steps", str(STEPS), "--save-every",
+            str(SAVE_EVERY), "--warmup-steps", "10", "--batch-size", "8", "--n-embd", "32", "--n-layer", "2",
+            "--n-head", "2", "--context-len", "10", "--log-every", "10", "--eval-episodes", "0", "--device", "cpu",
+            "--precision", "fp32", "--quiet"]
+
+
+def _start(args, home):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DTMERGE_HOME": str(home)}
+    return subprocess.Popen(CLI + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(proc, ckpt: Path, timeout=120.0) -> int:
+    """Wait until the run has saved a checkpoint; returns its step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return json.loads((ckpt / "meta.json").read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if ".tmp" in p.name or ".old-" in p.name or p.name.endswith(".swap")]
+
+
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, hopper_file):
+    proc = _start(_train_args(hopper_file, tmp_path / "killed"), tmp_path / "home")
+    saved = _wait_for_checkpoint(proc, tmp_path / "killed" / "checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(tmp_path / "killed" / "checkpoint")[1]["step"]
+    assert SAVE_EVERY <= saved <= killed_at < STEPS  # it was stopped mid-run, after a checkpoint
+
+    torch.set_num_threads(1)
+    cfg = dict(dataset=[str(hopper_file)], steps=STEPS, save_every=SAVE_EVERY, warmup_steps=10, batch_size=8,
+               log_every=10, device="cpu", precision="fp32",
+               model={"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10})
+    resumed = train(TrainConfig(out=str(tmp_path / "killed"), **cfg), resume=True, progress=False)
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), **cfg), progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, STEPS + 1, 10))  # records past the checkpoint were dropped, not duplicated
+
+
+def test_sigterm_during_training_leaves_a_complete_checkpoint_and_no_temporary_files(tmp_path, hopper_file):
+    proc = _start(_train_args(hopper_file, tmp_path / "run"), tmp_path / "home")
+    _wait_for_checkpoint(proc, tmp_path / "run" / "checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        "Aborted: stopped before completion; outputs are as they were, or complete."]
+    assert _leftovers(tmp_path) == []
+    model, meta = load_checkpoint(tmp_path / "run" / "checkpoint")  # complete and valid
+    assert 0 < meta["step"] < STEPS
+
+
+def test_sigterm_while_making_a_dataset_leaves_nothing(tmp_path):
+    home = tmp_path / "home"
+    proc = _start(["data", "make", "hopper-medium-300000", "--quiet"], home)
+    time.sleep(6)  # past start-up, inside the rollout
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    datasets = home / "datasets"
+    assert not datasets.exists() or list(datasets.iterdir()) == []
+
+
+def test_a_damaged_cached_dataset_is_made_again(tmp_path, monkeypatch, capsys):
+    from dtmerge.data.make import make_dataset
+
+    monkeypatch.setenv("DTMERGE_HOME", str(tmp_path))
+    path = make_dataset("hopper-medium-300", progress=False)
+    good = path.read_bytes()
+    assert make_dataset("hopper-medium-300", progress=False) == path  # verified, reused
+    path.write_bytes(good[:-10] + b"0123456789")  # same size, other content
+    make_dataset("hopper-medium-300", progress=False)
+    assert "(content differs from the recorded SHA-256); making it again" in capsys.readouterr().err
+    assert path.read_bytes() == good  # made again, identically (seeded)
+    path.with_name(path.name + ".json").unlink()  # a file without its record is not trusted either
+    make_dataset("hopper-medium-300", progress=False)
+    assert "no valid size/hash record" in capsys.readouterr().err
