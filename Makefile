@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dtmerge demo --out demo-out
+	$(VENV)/bin/dtmerge demo --out demo-out --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

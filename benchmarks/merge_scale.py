@@ -17,17 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report  # noqa: E402
 
-from dtmerge.atomic import (
-    file_sha256,  # noqa: E402
-    write_json,  # noqa: E402
-)
+from dtmerge.merge.fisher import write_fisher  # noqa: E402
 from dtmerge.model import DecisionTransformer, DTConfig  # noqa: E402
-from dtmerge.store.checkpoint import save_checkpoint  # noqa: E402
+from dtmerge.store.checkpoint import hand_built_meta, save_checkpoint  # noqa: E402
 
 TASKS = [("hopper", 11, 3), ("walker2d", 17, 6), ("halfcheetah", 17, 6)]
 
@@ -37,11 +33,11 @@ def make_models(root: Path) -> tuple[list[str], int]:
     for i, (task, s, a) in enumerate(TASKS):
         torch.manual_seed(i)
         model = DecisionTransformer(DTConfig(state_dim=s, act_dim=a, n_embd=768, n_layer=12, n_head=12))
-        ckpt = save_checkpoint(root / task, model, {"task": task, "state_mean": [0.0] * s, "state_std": [1.0] * s})
+        ckpt = save_checkpoint(root / task, model, hand_built_meta(task))
         fisher = {n: torch.rand(p.shape) for n, p in model.named_parameters() if n.startswith("transformer.")}
-        save_file(fisher, ckpt / "fisher.safetensors")
-        write_json(ckpt / "fisher.json", {"estimator": "random (benchmark)", "tensors": sorted(fisher),
-                                          "model_sha256": file_sha256(ckpt / "model.safetensors")})
+        write_fisher(ckpt, fisher, {"estimator": "empirical", "dataset": "(random values: a benchmark)",
+                                    "task": task, "batches": 1, "batch_size": 1, "seed": i, "windows": 1,
+                                    "action_tokens": 1, "normalised_by": "windows"})
         paths.append(str(ckpt))
         model_bytes = sum(p.numel() * 4 for p in model.parameters())
         trunk = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))

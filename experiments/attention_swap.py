@@ -45,7 +45,7 @@ def main():
         run = out / "models" / task
         models[task] = train(TrainConfig(dataset=str(data), out=str(run), steps=args.steps,
                                          warmup_steps=max(1, args.steps // 10), seed=args.seed,
-                                         save_every=1000), resume=(run / "checkpoint").exists())
+                                         save_every=1000), resume=True)
         original[task] = score(models[task], task, f"{task}-original")
     rows = []
     for target, source in permutations(TASKS, 2):
@@ -53,7 +53,7 @@ def main():
             name = f"{target}-attn-from-{source}-alpha{alpha}"
             merged = merge(MergeConfig(models=[str(models[target]), str(models[source])], select=["attn"],
                                        method="interpolate", params={"alpha": alpha}, format="checkpoint",
-                                       output=str(out / "merged" / name)))
+                                       output=str(out / "merged" / name)), overwrite=True)
             s = score(merged, target, name)
             rows.append({"target": target, "source": source, "alpha": alpha, **s,
                          "relative": s["score"] / original[target]["score"]})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,19 @@ from dtmerge.data.rollout import rollout
 from dtmerge.envs import get_task
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def dtmerge_home(tmp_path_factory):
+    """Caches (made datasets, k-means centres) go to a session directory, never the user's."""
+    home = tmp_path_factory.mktemp("dtmerge-home")
+    old = os.environ.get("DTMERGE_HOME")
+    os.environ["DTMERGE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("DTMERGE_HOME", None)
+    else:
+        os.environ["DTMERGE_HOME"] = old
 
 
 def linear_policy(task, seed=0, noise=0.1):
@@ -60,15 +75,6 @@ def task_models(tmp_path_factory, task_files):
                                     batch_size=8, device="cpu", precision="fp32",
                                     seed=i, model=TINY), progress=False)
             for i, (name, path) in enumerate(task_files.items())}
-
-
-def checkpoint_meta(task_name: str, **extra) -> dict:
-    """Complete, valid checkpoint metadata for a hand-built model of `task_name`."""
-    task = get_task(task_name)
-    return {"task": task.name, "env_id": task.env_id, "dataset": "(hand-built)", "dataset_attrs": {},
-            "state_mean": [0.0] * task.obs_dim, "state_std": [1.0] * task.obs_dim, "rtg_scale": 1000.0,
-            "rtg_targets": list(task.rtg_targets), "seed": 0, "step": 0, "train_config": {}, "frozen": [],
-            "init": "random", "init_trunk_sha256": "0" * 64, **extra}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -96,16 +96,19 @@ def test_schedule_and_l2_have_known_values():
     assert l2_to_reference(params, ref, "squared").item() == pytest.approx(4.0 + 12.0)
 
 
-def test_token_centres_are_cached_and_normalised(tmp_path, gpt2_dir):
+def test_token_centres_are_cached_and_normalised(tmp_path, gpt2_dir, monkeypatch):
     import shutil
 
     from dtmerge.lm.objectives import token_centres
 
+    monkeypatch.setenv("DTMERGE_HOME", str(tmp_path / "home"))
     path = tmp_path / "lm"
     shutil.copytree(gpt2_dir[0], path)
+    before = sorted(p.name for p in path.iterdir())
     c = token_centres(path, clusters=5, seed=0)
     assert c.shape == (5, 32) and torch.allclose(c.norm(dim=-1), torch.ones(5))
-    assert (path / "dtmerge-kmeans-5-seed0.safetensors").is_file()
+    assert len(list((tmp_path / "home" / "kmeans").glob("*-5-seed0.safetensors"))) == 1
+    assert sorted(p.name for p in path.iterdir()) == before  # nothing written into the LM's directory
     assert torch.equal(token_centres(path, clusters=5, seed=0), c)
 
 

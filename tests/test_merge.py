@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY, checkpoint_meta
+from conftest import TINY
 from safetensors.torch import load_file
 
 from dtmerge.cli import main
@@ -18,7 +18,7 @@ from dtmerge.merge.perturb import perturb_checkpoint
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.model.selectors import SelectorError
 from dtmerge.store.bundle import load_bundle_task, trunk_accounting
-from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dtmerge.store.checkpoint import CheckpointError, hand_built_meta, load_checkpoint, save_checkpoint
 from dtmerge.train import TrainConfig, train
 
 
@@ -181,7 +181,7 @@ def test_bundle_accounting_matches_table_ii(tmp_path, select, percent):
     for i, (s, a) in enumerate(((11, 3), (17, 6))):
         torch.manual_seed(i)
         m = DecisionTransformer(DTConfig(state_dim=s, act_dim=a))
-        ckpts.append(str(save_checkpoint(tmp_path / f"m{i}", m, checkpoint_meta(["hopper", "halfcheetah"][i]))))
+        ckpts.append(str(save_checkpoint(tmp_path / f"m{i}", m, hand_built_meta(["hopper", "halfcheetah"][i]))))
     if not select:  # nothing shared: select one tensor, swap with alpha 0 is not sharing; emulate with 0 shared
         out = merge(MergeConfig(models=ckpts, select=["h.0.ln_1"], output=str(tmp_path / "b")))
         acc = trunk_accounting(out)

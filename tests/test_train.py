@@ -3,13 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, checkpoint_meta
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 
 from dtmerge.evaluate import evaluate, evaluate_checkpoint
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.outputs import OutputError
-from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dtmerge.store.checkpoint import CheckpointError, hand_built_meta, load_checkpoint, save_checkpoint
 from dtmerge.train import TrainConfig, train
 
 
@@ -52,18 +52,18 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, hopper_file):
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
-    save_checkpoint(tmp_path / "ck", model, checkpoint_meta("hopper"))
+    save_checkpoint(tmp_path / "ck", model, hand_built_meta("hopper"))
     loaded, meta = load_checkpoint(tmp_path / "ck")
     assert meta["task"] == "hopper" and meta["config"] == model.config.model_dump()
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
-    save_checkpoint(tmp_path / "ck", loaded, checkpoint_meta("hopper"))  # replacing in place works
+    save_checkpoint(tmp_path / "ck", loaded, hand_built_meta("hopper"))  # replacing in place works
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
 def test_bad_checkpoints_get_clear_errors(tmp_path):
     model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
-    ck = save_checkpoint(tmp_path / "ck", model, checkpoint_meta("hopper"))
+    ck = save_checkpoint(tmp_path / "ck", model, hand_built_meta("hopper"))
     weights = ck / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])

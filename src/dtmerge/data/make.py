@@ -23,6 +23,7 @@ from dtmerge.data.d4rl import write_d4rl
 from dtmerge.data.rollout import random_policy, rollout
 from dtmerge.data.trajectories import DatasetError, Trajectories
 from dtmerge.envs import TASKS, Task, get_task
+from dtmerge.zoo import load_zoo_actor
 
 LEVELS = ("random", "medium", "expert", "medium-expert")
 DEFAULT_SIZE = {"random": 1_000_000, "medium": 1_000_000, "expert": 1_000_000, "medium-expert": 2_000_000}
@@ -78,8 +79,6 @@ def make_trajectories(task: Task, level: str, transitions: int, seed: int = 0,
                        attrs={"level": level, "seed": seed, "policy": "uniform random actions in [-1, 1]",
                               "action_sampling": "uniform"})
     else:
-        from dtmerge.zoo import load_zoo_actor
-
         actor = load_zoo_actor(task.name, level)
         rng = np.random.default_rng(seed)
         traj = rollout(task, lambda obs: actor.act(obs, rng), transitions, seed, progress=progress,

@@ -18,7 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtmerge.atomic import atomic_path
+from dtmerge.atomic import atomic_path, file_sha256
+from dtmerge.data.make import data_home
+from dtmerge.lm.gpt2 import read_gpt2
+from dtmerge.lm.pretrain import tokenize_corpus
 from dtmerge.store.checkpoint import read_tensors
 
 
@@ -47,17 +50,20 @@ def l2_to_reference(params: dict[str, torch.Tensor], reference: dict[str, torch.
 
 
 def token_centres(lm_dir, clusters: int = 1000, seed: int = 0) -> torch.Tensor:
-    """k-means centres of an LM's token embeddings (wte), computed once and cached beside the LM.
+    """k-means centres of an LM's token embeddings (wte), computed once and cached under
+    `$DTMERGE_HOME/kmeans`, keyed by the SHA-256 of the LM's weights (never written into the LM's
+    own directory, which is an input).
 
     Spherical k-means: scikit-learn's KMeans on L2-normalised embeddings, so clusters follow cosine
     similarity like the original's cosine k-means; centres are returned normalised.
     """
     lm_dir = Path(lm_dir)
-    cache = lm_dir / f"dtmerge-kmeans-{clusters}-seed{seed}.safetensors"
+    key = file_sha256(lm_dir / "model.safetensors")[:16]
+    cache = data_home() / "kmeans" / f"{key}-{clusters}-seed{seed}.safetensors"
     if cache.is_file():
-        return read_tensors(cache)["centres"]
-    from dtmerge.lm.gpt2 import read_gpt2
-
+        centres = read_tensors(cache).get("centres")
+        if centres is not None and centres.shape[0] == clusters and torch.isfinite(centres).all():
+            return centres
     _, tensors = read_gpt2(lm_dir)
     if "wte.weight" not in tensors:
         raise ValueError(f"{lm_dir}: no wte.weight (token embeddings) to cluster")
@@ -88,8 +94,6 @@ class LMCoTraining:
     def __init__(self, lm_dir, corpus: list[str], seq_len: int, batch_size: int, seed: int, device):
         from transformers import AutoTokenizer
 
-        from dtmerge.lm.gpt2 import read_gpt2
-        from dtmerge.lm.pretrain import tokenize_corpus
 
         tokenizer = AutoTokenizer.from_pretrained(str(lm_dir))
         self.tokens = tokenize_corpus(corpus, tokenizer)

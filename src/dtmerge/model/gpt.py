@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dtmerge.runtime import dropout_rng
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -43,8 +45,6 @@ def dropout(x, p: float, training: bool):
         return x
     if x.is_cuda:
         return F.dropout(x, p, True)
-    from dtmerge.runtime import dropout_rng
-
     bits = dropout_rng().integers(0, 1 << 16, size=x.shape, dtype=np.uint16)
     keep = torch.from_numpy(bits >= round(p * (1 << 16)))
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))

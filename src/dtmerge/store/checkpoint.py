@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, read_json, write_json
+from dtmerge.envs import get_task
 from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.store.schema import CHECKPOINT_FORMAT, CheckpointMeta
@@ -36,6 +37,16 @@ class CheckpointError(DtmergeError):
 def carried_meta(meta: dict) -> dict:
     """A checkpoint's metadata minus what `save_checkpoint` writes itself: to derive a new one."""
     return {k: v for k, v in meta.items() if k not in STRUCTURAL}
+
+
+def hand_built_meta(task_name: str, **extra) -> dict:
+    """Complete checkpoint metadata for a model built in code rather than trained on a dataset
+    (identity state normalisation, no dataset): for experiments, benchmarks and tests."""
+    task = get_task(task_name)
+    return {"task": task.name, "env_id": task.env_id, "dataset": "(none: built in code)", "dataset_attrs": {},
+            "state_mean": [0.0] * task.obs_dim, "state_std": [1.0] * task.obs_dim, "rtg_scale": 1000.0,
+            "rtg_targets": list(task.rtg_targets), "seed": 0, "step": 0, "train_config": {}, "frozen": [],
+            "init": "built in code", "init_trunk_sha256": "0" * 64, **extra}
 
 
 def save_checkpoint(path, model: DecisionTransformer, meta: dict, train_state: dict | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 PPO with 1 env and the RL-zoo's tuned MuJoCo hyperparameters (normalised observations, 256x256
 ReLU nets) learns these tasks within a few million steps at ~1k env steps/s on one CPU core;
-SAC, which D4RL used, runs at ~100 steps/s here (shared/notes/cpu-measurements.md, sections 8-10).
+SAC, which D4RL used, ran at ~100 env steps/s on the same 2-core machines (docs/design.md).
 
 Every `eval_every` steps the current policy is exported as a snapshot actor and evaluated
 (deterministic, `eval_episodes` episodes), and a resumable state (policy, optimizer, observation
