@@ -292,6 +292,46 @@ def _parse_params(items):
     return out
 
 
+@main.group("experiment")
+def experiment_group():
+    """The paper's experiments: artifacts cached in one store, resumable, reported as JSON, Markdown and PNG."""
+
+
+@experiment_group.command("list")
+def experiment_list():
+    """List the experiments."""
+    from dtmerge.experiments import EXPERIMENTS
+
+    for name, module in EXPERIMENTS.items():
+        click.echo(f"{name:18s} {module.TITLE}")
+
+
+@experiment_group.command("run")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--scale", default="mini", type=click.Choice(["smoke", "mini", "paper"]), help="how big")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
+@click.option("--seeds", type=click.IntRange(min=1), help="seeds per model [default: the scale's]")
+@click.option("--workers", default=1, type=click.IntRange(min=1), help="artifacts made at once")
+@click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
+@resume_option
+@overwrite_option
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def experiment_run(names, scale, out, seeds, workers, store, resume, overwrite, quiet):
+    """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out."""
+    from dtmerge.experiments.suite import run_suite
+
+    run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo)
+
+
+@experiment_group.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+def experiment_report(out):
+    """Write the reports of the run in OUT again from the store."""
+    from dtmerge.experiments.suite import report
+
+    report(out, echo=click.echo)
+
+
 @main.group("data")
 def data_group():
     """Make, inspect and convert offline datasets; train and export behaviour policies."""

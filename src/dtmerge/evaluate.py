@@ -37,9 +37,10 @@ class BatchPolicy(Protocol):
 
 
 def run_episodes(task: Task, seeds: list[int], policy: BatchPolicy, progress: bool = True,
-                 desc: str = "episodes") -> dict:
-    """Run one episode per seed, all at once; returns per-episode returns, lengths and timing."""
-    n, T = len(seeds), task.max_episode_steps
+                 desc: str = "episodes", max_steps: int | None = None) -> dict:
+    """Run one episode per seed, all at once (each cut at `max_steps` if given, for quick checks);
+    returns per-episode returns, lengths and timing."""
+    n, T = len(seeds), min(task.max_episode_steps, max_steps or task.max_episode_steps)
     envs = gym.vector.SyncVectorEnv([task.make_env for _ in range(n)])
     obs, _ = envs.reset(seed=list(seeds))
     returns, lengths = np.zeros(n), np.zeros(n, np.int64)
@@ -107,7 +108,7 @@ class DTPolicy:
 
 def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targets=None, episodes: int = 10,
              seed: int = 0, rtg_scale: float = 1000.0, device="cpu", precision: str = "auto",
-             progress: bool = True) -> dict:
+             progress: bool = True, max_steps: int | None = None) -> dict:
     """Roll out `episodes` episodes per RTG target; returns per-target returns, scores and timing."""
     if episodes < 1:
         raise ValueError("episodes must be at least 1")
@@ -117,12 +118,13 @@ def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targ
     policy = DTPolicy(model.to(device), task, state_mean, state_std, np.repeat(targets, episodes), rtg_scale,
                       device, precision)
     seeds = [seed + i for _ in targets for i in range(episodes)]
-    run = run_episodes(task, seeds, policy, progress, desc=f"eval {task.name}")
+    run = run_episodes(task, seeds, policy, progress, desc=f"eval {task.name}", max_steps=max_steps)
     per_target = []
     for j, target in enumerate(targets):
         sl = slice(j * episodes, (j + 1) * episodes)
         per_target.append({"target": target, **episode_stats(task, run["returns"][sl], run["lengths"][sl])})
-    return {"task": task.name, "env_id": task.env_id, "episodes": episodes, "seed": seed, "score": SCORE_LABEL,
+    return {"task": task.name, "env_id": task.env_id, "episodes": episodes, "seed": seed, "max_steps": max_steps,
+            "score": SCORE_LABEL,
             "precision": precision, "device": str(device), "targets": per_target, "timing": run["timing"]}
 
 
@@ -146,7 +148,7 @@ def load_policy_model(path, task: str | None = None):
 
 def evaluate_checkpoint(path, episodes: int = 10, targets=None, seed: int = 0, device="auto",
                         precision: str = "auto", out=None, progress: bool = True, task: str | None = None,
-                        overwrite: bool = False) -> dict:
+                        overwrite: bool = False, max_steps: int | None = None) -> dict:
     """Evaluate a checkpoint (or a bundle's `task`); with `out`, also write the result as JSON."""
     if episodes < 1:
         raise DtmergeError(f"episodes must be at least 1, got {episodes}")
@@ -155,7 +157,7 @@ def evaluate_checkpoint(path, episodes: int = 10, targets=None, seed: int = 0, d
     model, meta = load_policy_model(path, task)
     task = get_task(meta["task"])
     result = evaluate(model, task, meta["state_mean"], meta["state_std"], targets, episodes, seed,
-                      meta.get("rtg_scale", 1000.0), device, precision, progress)
+                      meta["rtg_scale"], device, precision, progress, max_steps)
     result["checkpoint"] = str(path)
     result["step"] = meta.get("step")
     if out is not None:

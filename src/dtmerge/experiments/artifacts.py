@@ -1,0 +1,119 @@
+"""How each kind of artifact is made: one small function per kind, writing only inside its own
+store directory and returning a JSON-able record whose `output` names what it made.
+
+A Fisher is computed on a copy of the checkpoint (the Fisher file lives beside the weights it
+belongs to, and a node never writes into another node's directory).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from dtmerge.data.d4rl import write_d4rl
+from dtmerge.data.make import make_trajectories
+from dtmerge.envs import get_task
+from dtmerge.evaluate import evaluate_checkpoint
+from dtmerge.experiments.store import Node, Store
+from dtmerge.merge.engine import MergeConfig, merge
+from dtmerge.merge.fisher import compute_fisher
+from dtmerge.merge.perturb import perturb_checkpoint
+from dtmerge.train import TrainConfig, train
+
+MAKERS: dict[str, Callable] = {}
+
+
+def maker(kind: str):
+    def deco(fn):
+        MAKERS[kind] = fn
+        return fn
+    return deco
+
+
+def output(store: Store, node: Node) -> Path:
+    """The file or directory a finished node made."""
+    return store.path(node) / store.result(node)["output"]
+
+
+def make(store: Store, node: Node, progress: bool = False) -> dict:
+    """Make `node` (its inputs must be done) and record it; returns its record. A lock file makes
+    runs that share a store (two commands, or workers on a shared path) wait for each other
+    rather than make the same artifact twice."""
+    out = store.path(node)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(node.key + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if store.done(node):  # made by another run while this one waited
+            return store.result(node)
+        inputs = {name: output(store, dep) for name, dep in node.deps.items()}
+        result = MAKERS[node.kind](node.spec, inputs, out, progress)
+        store.finish(node, result)
+    return result
+
+
+@maker("dataset")
+def _dataset(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    traj = make_trajectories(get_task(spec["task"]), spec["level"], spec["transitions"], spec["seed"], progress)
+    write_d4rl(traj, out / "data.hdf5")
+    return {"output": "data.hdf5", **{k: traj.attrs[k] for k in ("transitions", "trajectories", "return_mean",
+                                                                  "score_mean")}}
+
+
+@maker("dt")
+def _dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """A training run; resumes from its own checkpoints when a stopped run is made again."""
+    datasets = [str(inputs[name]) for name in sorted(inputs) if name.startswith("data")]
+    init = {"init": str(inputs["init"])} if "init" in inputs else {}
+    cfg = TrainConfig(**spec, **init, dataset=datasets, out=str(out / "run"))
+    train(cfg, resume=True, progress=progress)
+    return {"output": "run/checkpoint"}
+
+
+@maker("fisher")
+def _fisher(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    ckpt = out / "checkpoint"
+    if ckpt.exists():  # a copy left by a stopped run: start it again
+        shutil.rmtree(ckpt)
+    shutil.copytree(inputs["model"], ckpt, ignore=shutil.ignore_patterns("train_state.*", "fisher.*"))
+    compute_fisher(ckpt, progress=progress, **spec)
+    return {"output": "checkpoint"}
+
+
+@maker("merge")
+def _merge(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
+    base = {"base": str(inputs["base"])} if "base" in inputs else {}
+    merge(MergeConfig(**spec, **base, models=models, output=str(out / "merged")), overwrite=True)
+    return {"output": "merged"}
+
+
+@maker("perturb")
+def _perturb(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    perturb_checkpoint(inputs["model"], out / "perturbed", overwrite=True, **spec)
+    return {"output": "perturbed"}
+
+
+@maker("eval")
+def _eval(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    result = evaluate_checkpoint(inputs["model"], progress=progress, **spec)
+    result.pop("checkpoint", None)  # a path inside the store, not part of the result
+    return {"output": ".", **result}
+
+
+# Seconds each kind takes, for the plan's estimate; `dt` uses the measured rate of finished runs.
+def estimate(node: Node, seconds_per_step: float) -> float:
+    spec = node.spec
+    if node.kind == "dt":
+        model = spec.get("model", {})
+        width = (model.get("n_embd", 128) / 128) ** 2 * model.get("n_layer", 3) / 3
+        return spec["steps"] * seconds_per_step * width * spec.get("batch_size", 64) / 64
+    if node.kind == "dataset":
+        return spec["transitions"] / 8000 + 2
+    if node.kind == "eval":
+        steps = spec.get("max_steps") or 1000
+        return 2 + spec.get("episodes", 10) * len(spec.get("targets") or [0]) * steps * 4e-4
+    if node.kind == "fisher":
+        return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.08
+    return 1.0

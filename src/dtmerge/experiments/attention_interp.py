@@ -1,0 +1,64 @@
+"""Fig. 3: interpolate every attention parameter of a target DT toward a source DT's, alpha from
+0 (the target) to 1 (the source's attention swapped in), for the 6 ordered task pairs; return
+relative to the target's unmerged return, mean +/- s.e. over seeds."""
+
+from __future__ import annotations
+
+from itertools import permutations
+from pathlib import Path
+
+from dtmerge.envs import TASKS
+from dtmerge.experiments import common
+from dtmerge.experiments.scales import Scale
+
+NAME = "attention-interp"
+TITLE = "Fig. 3: interpolating attention between DTs of different tasks"
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def nodes(scale: Scale) -> dict:
+    out = {}
+    for seed in range(scale.seeds):
+        dts = {t: common.dt(scale, t, "expert", seed) for t in TASKS}
+        for t in TASKS:
+            out[f"original|{t}|{seed}"] = common.evaluation(scale, dts[t], t)
+        for target, source in permutations(TASKS, 2):
+            for alpha in ALPHAS:
+                merged = common.interpolate(dts[target], dts[source], ["attn"], alpha)
+                out[f"merged|{target}|{source}|{alpha}|{seed}"] = common.evaluation(scale, merged, target)
+    return out
+
+
+def report(scale: Scale, results: dict, out: Path) -> dict:
+    curves = {}
+    for target, source in permutations(TASKS, 2):
+        points = [{"alpha": 0.0, "mean": 1.0, "se": 0.0, "values": [1.0] * scale.seeds}]
+        for alpha in ALPHAS:
+            ratios = [common.mean_return(results[f"merged|{target}|{source}|{alpha}|{seed}"])
+                      / common.mean_return(results[f"original|{target}|{seed}"]) for seed in range(scale.seeds)]
+            mean, se = common.mean_se(ratios)
+            points.append({"alpha": alpha, "mean": mean, "se": se, "values": ratios})
+        curves[f"{source}->{target}"] = points
+    header = ["alpha"] + list(curves)
+    table = [f"# {TITLE}", "", f"Return of the target with its attention interpolated toward the source's, divided "
+             f"by its unmerged return; mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} episodes each "
+             f"(scale {scale.name}). Columns are source->target.", "", "| " + " | ".join(header) + " |",
+             "| --- |" + " --- |" * len(curves)]
+    for i, alpha in enumerate((0.0,) + ALPHAS):
+        table.append(f"| {alpha:g} | " + " | ".join(f"{c[i]['mean']:.2f} ± {c[i]['se']:.2f}" for c in curves.values())
+                     + " |")
+
+    def draw(ax):
+        for name, points in curves.items():
+            ax.errorbar([p["alpha"] for p in points], [p["mean"] for p in points], yerr=[p["se"] for p in points],
+                        marker="o", ms=3, capsize=2, label=name)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("alpha (0: target's attention, 1: source's)")
+        ax.set_ylabel("return / unmerged return")
+        ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
+        ax.legend(fontsize=7)
+
+    common.figure(out / "attention-interp.png", draw)
+    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "curves": curves},
+                        "\n".join(table))
+    return {"curves": curves}

@@ -1,0 +1,77 @@
+"""Building blocks the experiments share: nodes for datasets, DTs, merges and evaluations, and
+the statistics and figures of their reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dtmerge.atomic import atomic_path, write_json
+from dtmerge.envs import TASKS
+from dtmerge.experiments.scales import REPORT_EVAL_SEED, Scale
+from dtmerge.experiments.store import Node
+from dtmerge.model.groups import BLOCK_PARTS
+
+
+def dataset(scale: Scale, task: str, level: str) -> Node:
+    """One dataset per task and level, shared by every model seed (as D4RL has one file)."""
+    size = scale.transitions * (2 if level == "medium-expert" else 1)
+    return Node("dataset", {"task": task, "level": level, "transitions": size, "seed": 0})
+
+
+def dt(scale: Scale, task: str, level: str, seed: int) -> Node:
+    return Node("dt", scale.train_spec(seed), {"data": dataset(scale, task, level)})
+
+
+def interpolate(target: Node, source: Node, select: list[str], alpha: float) -> Node:
+    """`target` with the selected tensors moved `alpha` of the way to `source`'s (1 = swapped in)."""
+    return Node("merge", {"select": select, "method": "interpolate", "params": {"alpha": alpha},
+                          "format": "checkpoint"}, {"model0": target, "model1": source})
+
+
+def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False) -> Node:
+    """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target."""
+    spec = {"episodes": scale.episodes, "seed": REPORT_EVAL_SEED, "targets": [TASKS[task].rtg_targets[0]],
+            "max_steps": scale.max_steps, "precision": scale.precision}
+    return Node("eval", {**spec, "task": task} if bundle_task else spec, {"model": model})
+
+
+def units(n_layer: int) -> list[str]:
+    """Every block's ln_1, attn, ln_2, mlp in depth order, then ln_f: the units of Fig. 2."""
+    return [f"h.{i}.{part}" for i in range(n_layer) for part in BLOCK_PARTS] + ["ln_f"]
+
+
+def mean_return(result: dict) -> float:
+    return result["targets"][0]["return_mean"]
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error (0 for a single value)."""
+    v = np.asarray(list(values), float)
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def write_report(out: Path, results: dict, table: str) -> None:
+    """results.json (every number, the config and artifact keys) and results.md (the tables)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(table.rstrip() + "\n")
+
+
+def figure(out: Path, draw) -> Path:
+    """A PNG drawn by `draw(ax)`, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=120)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out, ".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

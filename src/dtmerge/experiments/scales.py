@@ -1,0 +1,44 @@
+"""How big each scale runs. `smoke` checks the pipeline end to end in the test suite; `mini` is
+sized so the whole suite fits a 2-core machine in about 8 hours; `paper` uses the paper's settings
+and is meant for a GPU or a cluster.
+
+mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20, bf16) costs ~0.075 s on 2 cores, so
+5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
+behaviour level. 10 evaluation episodes per model (batched, ~4 s) give standard errors of a few
+points; 2 seeds per model, as the paper's minimum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    transitions: int  # per dataset (medium-expert: twice this)
+    steps: int  # DT training steps
+    warmup_steps: int
+    batch_size: int
+    model: dict = field(default_factory=dict)
+    episodes: int = 10  # reported evaluation episodes per model and RTG target
+    max_steps: int | None = None  # cap on episode length (smoke only)
+    seeds: int = 2
+    precision: str = "auto"
+
+    def train_spec(self, seed: int, **extra) -> dict:
+        return {"steps": self.steps, "warmup_steps": self.warmup_steps, "batch_size": self.batch_size,
+                "model": self.model, "seed": seed, "save_every": max(1, min(1000, self.steps)),
+                "precision": self.precision, **extra}
+
+
+SCALES = {
+    "smoke": Scale("smoke", transitions=2000, steps=20, warmup_steps=5, batch_size=8,
+                   model={"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10}, episodes=2, max_steps=40,
+                   seeds=1, precision="fp32"),
+    "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2),
+    "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
+                   seeds=2),
+}
+
+REPORT_EVAL_SEED = 10_000  # reported episodes start at this reset seed; selection episodes stay below it

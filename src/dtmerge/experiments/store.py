@@ -1,0 +1,78 @@
+"""One artifact store for every experiment.
+
+An artifact (a dataset, a trained DT, a Fisher, a merge, an MFF bundle, an evaluation) is a
+`Node`: its kind, its spec (every setting, seed included) and the nodes it is made from. Its key
+is the SHA-256 of all of that plus the code version, so two experiments that need the same model
+get the same key and share one directory, `<store>/<kind>/<key>/`. A node is done when
+`artifact.json` (written last, atomically) is there; everything inside is written atomically too,
+and a training node trains with checkpoints, so a stopped run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dtmerge import __version__
+from dtmerge.atomic import write_json
+from dtmerge.errors import DtmergeError
+
+STORE_FORMAT = "dtmerge.artifact/1"
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    kind: str
+    spec: dict
+    deps: dict[str, Node] = field(default_factory=dict)
+
+    @cached_property
+    def key(self) -> str:
+        ident = {"format": STORE_FORMAT, "version": __version__, "kind": self.kind, "spec": self.spec,
+                 "deps": {name: dep.key for name, dep in sorted(self.deps.items())}}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+    def walk(self) -> list[Node]:
+        """This node and everything it is made from, each once, inputs before what uses them."""
+        seen: dict[str, Node] = {}
+
+        def visit(node: Node):
+            if node.key in seen:
+                return
+            for dep in node.deps.values():
+                visit(dep)
+            seen[node.key] = node
+
+        visit(self)
+        return list(seen.values())
+
+
+class Store:
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def path(self, node: Node) -> Path:
+        return self.root / node.kind / node.key
+
+    def done(self, node: Node) -> bool:
+        return (self.path(node) / "artifact.json").is_file()
+
+    def result(self, node: Node) -> dict:
+        """What making the node returned (scores for an evaluation; paths are relative to its directory)."""
+        file = self.path(node) / "artifact.json"
+        try:
+            record = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DtmergeError(f"{file}: not a readable artifact record ({type(e).__name__}); delete its "
+                               f"directory to make it again") from None
+        if record.get("format") != STORE_FORMAT or record.get("key") != node.key:
+            raise DtmergeError(f"{file}: does not describe this artifact (format or key differs)")
+        return record["result"]
+
+    def finish(self, node: Node, result: dict) -> None:
+        write_json(self.path(node) / "artifact.json", {
+            "format": STORE_FORMAT, "key": node.key, "version": __version__, "kind": node.kind, "spec": node.spec,
+            "deps": {name: dep.key for name, dep in node.deps.items()}, "result": result})

@@ -1,0 +1,71 @@
+"""`dtmerge experiment run` and `report`: the chosen experiments' artifacts through one store,
+then a report per experiment under the output directory (results.json, results.md, figures)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from dtmerge.atomic import write_json
+from dtmerge.data.make import data_home
+from dtmerge.errors import DtmergeError
+from dtmerge.experiments import EXPERIMENTS, runner
+from dtmerge.experiments.scales import SCALES, Scale
+from dtmerge.experiments.store import Store
+from dtmerge.outputs import claim_outputs, run_directory
+
+
+def scale_of(name: str, seeds: int | None = None) -> Scale:
+    if name not in SCALES:
+        raise DtmergeError(f"unknown scale {name!r}; scales: {', '.join(SCALES)}")
+    scale = SCALES[name]
+    return dataclasses.replace(scale, seeds=seeds) if seeds else scale
+
+
+def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int = 1, store=None,
+              resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print) -> Path:
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown or not names:
+        raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
+    if workers < 1:
+        raise DtmergeError(f"--workers must be at least 1, got {workers}")
+    out = Path(out)
+    scale = scale_of(scale_name, seeds)
+    claim_outputs([out], [], overwrite, resume)
+    store = Store(store or data_home() / "store")
+    if resume and (out / "run.json").is_file():
+        saved = json.loads((out / "run.json").read_text())
+        if (saved.get("scale"), saved.get("seeds")) != (scale.name, scale.seeds):
+            raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {saved.get('seeds')} seed(s); "
+                               f"resume it with the same --scale and --seeds, or choose another --out")
+        names = list(dict.fromkeys(saved["experiments"] + names))
+    targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale).values()]
+    runner.run(store, targets, workers, progress, echo)
+    with run_directory(out, overwrite) as work:
+        write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": scale.seeds,
+                                       "store": str(store.root.resolve())})
+        report(work, echo)
+    return out
+
+
+def report(out, echo=print) -> dict:
+    """Write each experiment's report from the store's results; returns their summaries."""
+    out = Path(out)
+    file = out / "run.json"
+    if not file.is_file():
+        raise DtmergeError(f"{file}: file not found; `dtmerge experiment run ... --out {out}` writes it")
+    saved = json.loads(file.read_text())
+    scale, store = scale_of(saved["scale"], saved["seeds"]), Store(saved["store"])
+    summaries = {}
+    for name in saved["experiments"]:
+        module = EXPERIMENTS[name]
+        nodes = module.nodes(scale)
+        missing = [k for k, n in nodes.items() if not store.done(n)]
+        if missing:
+            raise DtmergeError(f"{name}: {len(missing)} result(s) not in the store {store.root} yet (e.g. "
+                               f"{missing[0]}); run the experiment first")
+        results = {k: store.result(n) for k, n in nodes.items()}
+        summaries[name] = module.report(scale, results, out / name)
+        echo(f"{name}: {out / name / 'results.md'}")
+    return summaries

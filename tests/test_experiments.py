@@ -1,0 +1,100 @@
+"""The experiments pipeline at smoke scale: every experiment end to end, one store shared by all,
+finished artifacts never made twice, reports written from the store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dtmerge.cli import main
+from dtmerge.experiments import EXPERIMENTS
+from dtmerge.experiments.runner import all_nodes
+from dtmerge.experiments.scales import SCALES
+from dtmerge.experiments.store import Node, Store
+from dtmerge.experiments.suite import run_suite
+
+
+def _records(store: Store) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in store.root.rglob("artifact.json")}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    lines = []
+    run_suite(list(EXPERIMENTS), "smoke", root / "out", store=root / "store", progress=False, echo=lines.append)
+    return root, lines
+
+
+def test_experiment_list_names_every_experiment():
+    r = CliRunner().invoke(main, ["experiment", "list"])
+    assert r.exit_code == 0
+    assert [ln.split()[0] for ln in r.output.splitlines()] == list(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_smoke_run_reports_every_experiment(smoke_run, name):
+    root, _ = smoke_run
+    out = root / "out" / name
+    results = json.loads((out / "results.json").read_text())
+    assert results["experiment"] == name and results["scale"] == "smoke"
+    assert (out / "results.md").read_text().startswith("# ")
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plan_counts_shared_artifacts_once(smoke_run):
+    root, lines = smoke_run
+    scale = SCALES["smoke"]
+    nodes = all_nodes([n for m in EXPERIMENTS.values() for n in m.nodes(scale).values()])
+    assert f"{len(nodes)} artifacts: 0 cached, {len(nodes)} to make" in "\n".join(lines)
+    dts = [n for n in nodes if n.kind == "dt"]
+    assert len(dts) == 3 * scale.seeds  # one expert DT per task and seed, shared by all three experiments
+
+
+def test_a_second_run_makes_nothing_again(smoke_run):
+    root, _ = smoke_run
+    store = Store(root / "store")
+    before = _records(store)
+    lines = []
+    run_suite(["incremental"], "smoke", root / "again", store=store.root, progress=False, echo=lines.append)
+    assert _records(store) == before  # nothing remade
+    n = len(all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"]).values())))
+    assert f"{n} artifacts: {n} cached, 0 to make" in "\n".join(lines)
+
+
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
+    """Make part of the graph (as a run stopped midway would have), then the rest: only the rest is made."""
+    scale = SCALES["smoke"]
+    store_root = tmp_path / "store"
+    targets = list(EXPERIMENTS["incremental"].nodes(scale).values())
+    from dtmerge.experiments.runner import run
+
+    run(Store(store_root), targets[:3], progress=False, echo=lambda s: None)
+    made = _records(Store(store_root))
+    lines = []
+    run_suite(["incremental"], "smoke", tmp_path / "out", store=store_root, progress=False, echo=lines.append)
+    after = _records(Store(store_root))
+    assert all(after[k] == v for k, v in made.items())  # finished artifacts untouched
+    assert len(after) > len(made)
+    assert f"artifacts: {len(made)} cached" in "\n".join(lines)
+
+
+def test_keys_follow_every_setting():
+    a = Node("dt", {"steps": 10, "seed": 0}, {"data": Node("dataset", {"task": "hopper"})})
+    assert a.key == Node("dt", {"seed": 0, "steps": 10}, {"data": Node("dataset", {"task": "hopper"})}).key
+    assert a.key != Node("dt", {"steps": 10, "seed": 1}, {"data": Node("dataset", {"task": "hopper"})}).key
+    assert a.key != Node("dt", {"steps": 10, "seed": 0}, {"data": Node("dataset", {"task": "walker2d"})}).key
+
+
+def test_report_again_and_resume_rules(smoke_run):
+    root, _ = smoke_run
+    r = CliRunner().invoke(main, ["experiment", "report", str(root / "out")])
+    assert r.exit_code == 0 and "per-layer:" in r.output
+    r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--out", str(root / "out"),
+                                  "--store", str(root / "store")])
+    assert r.exit_code == 1 and "out exists; pass --overwrite" in r.stderr
+    r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--seeds", "2", "--out",
+                                  str(root / "out"), "--store", str(root / "store"), "--resume"])
+    assert r.exit_code == 1 and "resume it with the same --scale and --seeds" in r.stderr
