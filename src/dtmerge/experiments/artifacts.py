@@ -19,7 +19,9 @@ from dtmerge.evaluate import evaluate_checkpoint
 from dtmerge.experiments.store import Node, Store
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
+from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 from dtmerge.merge.perturb import perturb_checkpoint
+from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
 
 MAKERS: dict[str, Callable] = {}
@@ -85,8 +87,18 @@ def _fisher(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 def _merge(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
     base = {"base": str(inputs["base"])} if "base" in inputs else {}
-    merge(MergeConfig(**spec, **base, models=models, output=str(out / "merged")), overwrite=True)
-    return {"output": "merged"}
+    merged = merge(MergeConfig(**spec, **base, models=models, output=str(out / "merged")), overwrite=True)
+    return {"output": "merged", **({"accounting": trunk_accounting(merged)} if spec.get("format") == "bundle" else {})}
+
+
+@maker("mff")
+def _mff(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """Merge-Freeze-Finetune into a bundle; a stopped run continues its finetuning."""
+    models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
+    cfg = MFFConfig(merge=MergeConfig(**spec["merge"], models=models, output=str(out / "merged")),
+                    output=str(out / "bundle"), finetune=spec["finetune"])
+    bundle = merge_freeze_finetune(cfg, resume=(out / "bundle.runs").exists(), progress=progress)
+    return {"output": "bundle", "accounting": trunk_accounting(bundle)}
 
 
 @maker("perturb")
@@ -114,6 +126,8 @@ def estimate(node: Node, seconds_per_step: float) -> float:
     if node.kind == "eval":
         steps = spec.get("max_steps") or 1000
         return 2 + spec.get("episodes", 10) * len(spec.get("targets") or [0]) * steps * 4e-4
+    if node.kind == "mff":
+        return len(node.deps) * spec["finetune"]["steps"] * seconds_per_step
     if node.kind == "fisher":
         return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.08
     return 1.0

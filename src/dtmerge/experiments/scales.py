@@ -4,8 +4,9 @@ and is meant for a GPU or a cluster.
 
 mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20, bf16) costs ~0.075 s on 2 cores, so
 5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
-behaviour level. 10 evaluation episodes per model (batched, ~4 s) give standard errors of a few
-points; 2 seeds per model, as the paper's minimum.
+behaviour level. Merge-Freeze-Finetune gets 2,000 steps per task (the paper: 10,000), 2.5 minutes.
+10 evaluation episodes per model (batched, ~4 s) give standard errors of a few points; 2 seeds per
+model, as the paper's minimum.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ class Scale:
     max_steps: int | None = None  # cap on episode length (smoke only)
     seeds: int = 2
     precision: str = "auto"
+    finetune_steps: int = 2000  # Merge-Freeze-Finetune: steps per task after the merge
+
+    def finetune_spec(self, seed: int) -> dict:
+        steps = self.finetune_steps
+        return {"steps": steps, "warmup_steps": max(1, steps // 10), "batch_size": self.batch_size, "seed": seed,
+                "save_every": max(1, min(1000, steps)), "precision": self.precision}
 
     def train_spec(self, seed: int, **extra) -> dict:
         return {"steps": self.steps, "warmup_steps": self.warmup_steps, "batch_size": self.batch_size,
@@ -35,10 +42,10 @@ class Scale:
 SCALES = {
     "smoke": Scale("smoke", transitions=2000, steps=20, warmup_steps=5, batch_size=8,
                    model={"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10}, episodes=2, max_steps=40,
-                   seeds=1, precision="fp32"),
+                   seeds=1, precision="fp32", finetune_steps=10),
     "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2),
     "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
-                   seeds=2),
+                   seeds=2, finetune_steps=10_000),
 }
 
 REPORT_EVAL_SEED = 10_000  # reported episodes start at this reset seed; selection episodes stay below it

@@ -1,0 +1,100 @@
+"""Table II: Merge-Freeze-Finetune between the HalfCheetah and Hopper expert DTs over different
+subsets, against using one model's frozen transformer for both tasks and against merging the
+attention without finetuning; return as a percentage of each model's own, and the transformer
+parameters the pair needs relative to one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dtmerge.experiments import common
+from dtmerge.experiments.scales import Scale
+from dtmerge.experiments.store import Node
+
+NAME = "mff-subsets"
+TITLE = "Table II: Merge-Freeze-Finetune over subsets, HalfCheetah + Hopper experts"
+TASKS = ("hopper", "halfcheetah")
+# configuration -> (what is merged, how, finetune after?, the paper's Hopper %, Cheetah %, size %)
+CONFIGS = {
+    "Frozen from Hopper": (["trunk"], ("hopper", 1.0), True, 100, 3, 100),
+    "Frozen from HalfCheetah": (["trunk"], ("halfcheetah", 1.0), True, 48, 100, 100),
+    "Transformer (MFF)": (["trunk"], None, True, 61, 86, 100),
+    "Attention+MLP (MFF)": (["attn", "mlp"], None, True, 90, 98, 100.26),
+    "Attention (MFF)": (["attn"], None, True, 101, 101, 166.82),
+    "Attention (M)": (["attn"], None, False, 79, 98, 166.82),
+}
+
+
+def _merge_spec(select: list[str], frozen_from: tuple | None) -> dict:
+    if frozen_from is None:
+        return {"select": select, "method": "average", "format": "bundle"}
+    return {"select": select, "method": "interpolate", "params": {"alpha": 1.0}, "format": "bundle"}
+
+
+def nodes(scale: Scale) -> dict:
+    out = {}
+    for seed in range(scale.seeds):
+        dts = {t: common.dt(scale, t, "expert", seed) for t in TASKS}
+        for t in TASKS:
+            out[f"Original|{t}|{seed}"] = common.evaluation(scale, dts[t], t)
+        for name, (select, frozen_from, finetune, *_) in CONFIGS.items():
+            if frozen_from:  # the source keeps its model unmodified; the other task gets its trunk, frozen
+                source = frozen_from[0]
+                order = [t for t in TASKS if t != source] + [source]  # interpolate: [target, source]
+            else:
+                order = list(TASKS)
+            deps = {f"model{i}": dts[t] for i, t in enumerate(order)}
+            merge = _merge_spec(select, frozen_from)
+            if finetune:
+                bundle = Node("mff", {"merge": merge, "finetune": scale.finetune_spec(seed)}, deps)
+            else:
+                bundle = Node("merge", merge, deps)
+            for t in TASKS:
+                if frozen_from and t == frozen_from[0]:
+                    continue  # unmodified: its original evaluation
+                out[f"{name}|{t}|{seed}"] = common.evaluation(scale, bundle, t, bundle_task=True)
+            out[f"{name}|size|{seed}"] = bundle
+    return out
+
+
+def report(scale: Scale, results: dict, out: Path) -> dict:
+    rows = {"Original": {t: {"mean": 100.0, "se": 0.0} for t in TASKS} | {"size": 200.0}}
+    for name, (select, frozen_from, finetune, *paper) in CONFIGS.items():
+        row = {}
+        for t in TASKS:
+            if frozen_from and t == frozen_from[0]:
+                row[t] = {"mean": 100.0, "se": 0.0, "values": [100.0] * scale.seeds}
+                continue
+            pct = [100 * common.mean_return(results[f"{name}|{t}|{seed}"])
+                   / common.mean_return(results[f"Original|{t}|{seed}"]) for seed in range(scale.seeds)]
+            row[t] = dict(zip(("mean", "se"), common.mean_se(pct)), values=pct)
+        size = results[f"{name}|size|0"].get("accounting", {}).get("relative_to_single_model_percent")
+        row["size"] = 100.0 if frozen_from else size
+        row["paper"] = dict(zip(("hopper", "halfcheetah", "size"), paper))
+        rows[name] = row
+    table = [f"# {TITLE}", "", f"Return as a percentage of each task's own unmerged DT, mean ± s.e. over "
+             f"{scale.seeds} seed(s), {scale.episodes} episodes each; MFF finetunes {scale.finetune_steps} steps per "
+             f"task (scale {scale.name}); the paper's Table II in brackets.", "",
+             "| configuration | Hopper | Cheetah | transformer size |", "| --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        paper = row.get("paper", {"hopper": 100, "halfcheetah": 100, "size": 200})
+        size = "–" if row["size"] is None else f"{row['size']:.2f}%"
+        table.append(f"| {name} | {row['hopper']['mean']:.0f}% ± {row['hopper']['se']:.0f} ({paper['hopper']}%) | "
+                     f"{row['halfcheetah']['mean']:.0f}% ± {row['halfcheetah']['se']:.0f} ({paper['halfcheetah']}%) | "
+                     f"{size} ({paper['size']}%) |")
+
+    def draw(ax):
+        names = list(rows)
+        for k, t in enumerate(TASKS):
+            ax.bar([i + (k - 0.5) * 0.4 for i in range(len(names))], [rows[n][t]["mean"] for n in names], 0.4,
+                   yerr=[rows[n][t]["se"] for n in names], capsize=2, label=t)
+        ax.axhline(100, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylabel("% of the unmerged return")
+        ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
+        ax.legend()
+
+    common.figure(out / "mff-subsets.png", draw)
+    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "rows": rows},
+                        "\n".join(table))
+    return {"rows": rows}
