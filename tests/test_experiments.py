@@ -99,3 +99,15 @@ def test_report_again_and_resume_rules(smoke_run):
     r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--seeds", "2", "--out",
                                   str(root / "out"), "--store", str(root / "store"), "--resume"])
     assert r.exit_code == 1 and "resume it with the same --scale and --seeds" in r.stderr
+
+
+def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):
+    """Both with 2 workers (one thread per artifact): a local Ray instance started here, no network."""
+    ray = pytest.importorskip("ray")
+    results = {}
+    for executor in ("local", "ray"):
+        run_suite(["incremental"], "smoke", tmp_path / executor, workers=2, store=tmp_path / f"store-{executor}",
+                  progress=False, echo=lambda s: None, executor=executor)
+        results[executor] = json.loads((tmp_path / executor / "incremental" / "results.json").read_text())["curves"]
+    assert not ray.is_initialized()  # the instance the run started is shut down again
+    assert results["ray"] == results["local"]

@@ -312,15 +312,18 @@ def experiment_list():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
 @click.option("--seeds", type=click.IntRange(min=1), help="seeds per model [default: the scale's]")
 @click.option("--workers", default=1, type=click.IntRange(min=1), help="artifacts made at once")
+@click.option("--executor", default="local", type=click.Choice(["local", "ray"]),
+              help="local: this machine's processes; ray: Ray tasks (RAY_ADDRESS's cluster, else a local one)")
 @click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
 @resume_option
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def experiment_run(names, scale, out, seeds, workers, store, resume, overwrite, quiet):
+def experiment_run(names, scale, out, seeds, workers, executor, store, resume, overwrite, quiet):
     """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out."""
     from dtmerge.experiments.suite import run_suite
 
-    run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo)
+    run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo,
+              executor=executor)
 
 
 @experiment_group.command("report")

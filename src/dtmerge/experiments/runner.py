@@ -1,9 +1,9 @@
 """Make the artifacts an experiment needs: print the plan, then run the graph with one progress bar.
 
 `workers=1` makes every artifact in this process with all cores; `workers=N` runs up to N
-artifacts at once in separate processes, each with cores // N threads, an artifact starting as soon
-as everything it is made from is done. A stopped run is resumed by running it again: finished
-artifacts are skipped and a stopped training continues from its last checkpoint.
+artifacts at once in separate processes or Ray tasks, each with cores // N threads, an artifact
+starting as soon as everything it is made from is done. A stopped run is resumed by running it
+again: finished artifacts are skipped and a stopped training continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dtmerge.errors import DtmergeError
 from dtmerge.experiments.artifacts import estimate, make
 from dtmerge.experiments.store import Node, Store
 
@@ -65,46 +66,94 @@ def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node
     return todo, "\n".join(lines)
 
 
-def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = True, echo=print) -> None:
-    """Make every target and what it needs; artifacts already in the store are reused."""
+def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = True, echo=print,
+        executor: str = "local", gpus_per_artifact: float = 0.0) -> None:
+    """Make every target and what it needs; artifacts already in the store are reused.
+
+    executor `local`: with one worker, in this process; with more, a process pool. `ray`: Ray tasks
+    (on the cluster at RAY_ADDRESS, else a local instance), each declaring cores // workers CPUs and
+    `gpus_per_artifact` GPUs, the store on a path every node sees. Either way an artifact starts as
+    soon as what it is made from is done, at most `workers` at once, each with cores // workers
+    threads — so the same --workers gives the same numbers on both executors."""
     todo, description = plan(store, targets, workers)
     echo(description)
     if not todo:
         return
-    pending = {n.key: n for n in todo}
     bar = tqdm(total=len(todo), desc="artifacts", unit="artifact", disable=not progress)
-    if workers <= 1:
+    if executor == "local" and workers == 1:
         for node in todo:
             bar.set_postfix_str(node.kind)
             make(store, node)
             bar.update()
-        bar.close()
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        running: dict[cf.Future, Node] = {}
-        while pending or running:
-            for key, node in list(pending.items()):
-                if len(running) >= workers:
-                    break
-                if all(store.done(d) for d in node.deps.values()):
-                    running[pool.submit(_make_in_worker, str(store.root), node)] = node
-                    del pending[key]
-            if not running:
-                raise RuntimeError("no artifact can start: an input failed to be made")
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                node = running.pop(future)
-                future.result()  # re-raise a worker's error here
-                bar.update()
-                bar.set_postfix_str(node.kind)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = _RayTasks(threads, gpus_per_artifact) if executor == "ray" else _ProcessPool(workers)
+        try:
+            _schedule(store, todo, workers, threads, pool, bar)
+        finally:
+            pool.close()
     bar.close()
 
 
-def _init_worker(threads: int) -> None:
+def _schedule(store: Store, todo: list[Node], workers: int, threads: int, pool, bar) -> None:
+    pending = {n.key: n for n in todo}
+    running: dict = {}
+    while pending or running:
+        for key, node in list(pending.items()):
+            if len(running) >= workers:
+                break
+            if all(store.done(d) for d in node.deps.values()):
+                running[pool.submit(str(store.root), node, threads)] = node
+                del pending[key]
+        if not running:
+            raise RuntimeError("no artifact can start: an input failed to be made")
+        for handle in pool.wait(list(running)):
+            bar.update()
+            bar.set_postfix_str(running.pop(handle).kind)
+
+
+def make_with_threads(root: str, node: Node, threads: int) -> None:
+    """What a worker process or Ray task runs."""
     torch.set_num_threads(threads)
-
-
-def _make_in_worker(root: str, node: Node) -> None:
     make(Store(Path(root)), node)
+
+
+class _ProcessPool:
+    def __init__(self, workers: int):
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, *args):
+        return self.pool.submit(make_with_threads, *args)
+
+    def wait(self, handles):
+        done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            future.result()  # re-raise a worker's error here
+        return done
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+
+
+class _RayTasks:
+    def __init__(self, threads: int, gpus: float):
+        try:
+            import ray
+        except ImportError:
+            raise DtmergeError("the ray executor needs Ray: pip install 'dtmerge[ray]'") from None
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:  # joins RAY_ADDRESS's cluster if set, else starts a local instance
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+        self.task = ray.remote(num_cpus=threads, num_gpus=gpus)(make_with_threads)
+
+    def submit(self, *args):
+        return self.task.remote(*args)
+
+    def wait(self, handles):
+        done, _ = self.ray.wait(handles, num_returns=1)
+        self.ray.get(done)  # re-raise a task's error here
+        return done
+
+    def close(self):
+        if self.started:
+            self.ray.shutdown()

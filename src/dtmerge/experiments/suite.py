@@ -24,12 +24,15 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
 
 
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int = 1, store=None,
-              resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print) -> Path:
+              resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
+              executor: str = "local") -> Path:
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
     if workers < 1:
         raise DtmergeError(f"--workers must be at least 1, got {workers}")
+    if executor not in ("local", "ray"):
+        raise DtmergeError(f"unknown executor {executor!r}: local or ray")
     out = Path(out)
     scale = scale_of(scale_name, seeds)
     claim_outputs([out], [], overwrite, resume)
@@ -41,7 +44,7 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
                                f"resume it with the same --scale and --seeds, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale).values()]
-    runner.run(store, targets, workers, progress, echo)
+    runner.run(store, targets, workers, progress, echo, executor)
     with run_directory(out, overwrite) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": scale.seeds,
                                        "store": str(store.root.resolve())})
