@@ -1,8 +1,16 @@
 """The paper's experiments as a resumable pipeline: one module per experiment (its artifacts and
 its report), one artifact store (store.py), one runner (runner.py)."""
 
-from dtmerge.experiments import attention_interp, attention_perturb, incremental, mff_subsets, per_layer
+from dtmerge.experiments import (
+    attention_interp,
+    attention_perturb,
+    finetune_merge,
+    incremental,
+    mff_subsets,
+    per_layer,
+)
 
-EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets)}
+EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
+                                   finetune_merge)}
 
 __all__ = ["EXPERIMENTS"]

@@ -66,7 +66,7 @@ def _dataset(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 @maker("dt")
 def _dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     """A training run; resumes from its own checkpoints when a stopped run is made again."""
-    datasets = [str(inputs[name]) for name in sorted(inputs) if name.startswith("data")]
+    datasets = [str(inputs[name]) for name in inputs if name.startswith("data")]  # in the order given
     init = {"init": str(inputs["init"])} if "init" in inputs else {}
     cfg = TrainConfig(**spec, **init, dataset=datasets, out=str(out / "run"))
     train(cfg, resume=True, progress=progress)
