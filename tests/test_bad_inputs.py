@@ -427,7 +427,7 @@ def config_merge_unknown_key(ws):
     return ["merge", "merge.yaml"]
 
 
-@case("parameter alpha='abc' is not")
+@case("parameter alpha='abc' is not a float")
 def config_merge_param_wrong_type(ws):
     (ws / "merge.yaml").write_text((ws / "merge.yaml").read_text() + "method: interpolate\nparams: {alpha: abc}\n")
     return ["merge", "merge.yaml"]

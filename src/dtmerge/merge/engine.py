@@ -70,7 +70,8 @@ class _Inputs:
             try:
                 TypeAdapter(hints[key]).validate_python(value, strict=True)
             except ValidationError:
-                raise MergeError(f"method {cfg.method}: parameter {key}={value!r} is not a {hints[key]}") from None
+                expected = getattr(hints[key], "__name__", str(hints[key]))
+                raise MergeError(f"method {cfg.method}: parameter {key}={value!r} is not a {expected}") from None
         self.paths = [Path(p) for p in cfg.models]
         target = Path(cfg.target) if cfg.target else self.paths[0]
         if target not in self.paths:

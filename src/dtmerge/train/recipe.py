@@ -44,10 +44,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
         r.model.transformer, r.model.embed_timestep = runs[0].model.transformer, runs[0].model.embed_timestep
     frozen = set(resolve(cfg.freeze, runs[0].model.parameter_groups(),
                          [n for n, _ in runs[0].model.named_parameters()])) if cfg.freeze else set()
+    init_hash = trunk_sha256(runs[0].model.state_dict())  # the shared trunk a resumed run must start from
     for r in runs:
         for name, p in r.model.named_parameters():
             p.requires_grad_(name not in frozen)
-        r.meta.update(frozen=sorted(frozen), init_trunk_sha256=trunk_sha256(runs[0].model.state_dict()))
+        r.meta.update(frozen=sorted(frozen), init_trunk_sha256=init_hash)
     extra = extra_terms(cfg, runs[0].model, pick_device(cfg.device))
     with run_directory(out, overwrite) as run_dir:
         fit(cfg, runs, run_dir, extra, resume=resume, progress=progress)
