@@ -5,12 +5,14 @@ from dtmerge.experiments import (
     attention_interp,
     attention_perturb,
     finetune_merge,
+    fisher_scale,
     incremental,
+    lm_init,
     mff_subsets,
     per_layer,
 )
 
 EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
-                                   finetune_merge)}
+                                   lm_init, fisher_scale, finetune_merge)}
 
 __all__ = ["EXPERIMENTS"]
