@@ -108,3 +108,30 @@ def test_a_damaged_cached_dataset_is_made_again(tmp_path, monkeypatch, capsys):
     path.with_name(path.name + ".json").unlink()  # a file without its record is not trusted either
     make_dataset("hopper-medium-300", progress=False)
     assert "no valid size/hash record" in capsys.readouterr().err
+
+
+def test_a_killed_experiment_run_resumes_without_remaking_anything(tmp_path):
+    """SIGTERM an experiment run with two workers midway; --resume reuses every finished artifact
+    and ends with the numbers of an uninterrupted run."""
+    args = ["experiment", "run", "incremental", "--scale", "smoke", "--workers", "2", "--quiet"]
+    store = tmp_path / "store"
+    proc = _start(args + ["--out", str(tmp_path / "killed"), "--store", str(store)], tmp_path / "home")
+    deadline = time.monotonic() + 240
+    while len(list(store.glob("*/*/artifact.json"))) < 12:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    finished = {str(p): p.stat().st_mtime_ns for p in store.glob("*/*/artifact.json")}
+    assert _leftovers(tmp_path) == []
+    resumed = _start(args + ["--out", str(tmp_path / "killed"), "--store", str(store), "--resume"], tmp_path / "home")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"{len(finished)} cached" in out
+    assert all(Path(p).stat().st_mtime_ns == t for p, t in finished.items())  # nothing made twice
+    straight = _start(args + ["--out", str(tmp_path / "straight"), "--store", str(tmp_path / "store2")],
+                      tmp_path / "home")
+    assert straight.wait(timeout=600) == 0
+    a, b = ((tmp_path / d / "incremental" / "results.json").read_text() for d in ("killed", "straight"))
+    assert json.loads(a)["curves"] == json.loads(b)["curves"]

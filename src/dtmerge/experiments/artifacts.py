@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +52,9 @@ def make(store: Store, node: Node, progress: bool = False) -> dict:
         if store.done(node):  # made by another run while this one waited
             return store.result(node)
         inputs = {name: output(store, dep) for name, dep in node.deps.items()}
+        start = time.perf_counter()
         result = MAKERS[node.kind](node.spec, inputs, out, progress)
-        store.finish(node, result)
+        store.finish(node, result, time.perf_counter() - start)
     return result
 
 

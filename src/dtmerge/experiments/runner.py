@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 from pathlib import Path
 
@@ -90,8 +91,10 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
         pool = _RayTasks(threads, gpus_per_artifact) if executor == "ray" else _ProcessPool(workers)
         try:
             _schedule(store, todo, workers, threads, pool, bar)
-        finally:
-            pool.close()
+        except BaseException:
+            pool.close(stop_running=True)  # Ctrl-C or SIGTERM: stop the workers' artifacts too
+            raise
+        pool.close()
     bar.close()
 
 
@@ -120,7 +123,9 @@ def make_with_threads(root: str, node: Node, threads: int) -> None:
 
 class _ProcessPool:
     def __init__(self, workers: int):
-        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        like_ctrl_c = (signal.SIGTERM, signal.default_int_handler)
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=signal.signal, initargs=like_ctrl_c)
 
     def submit(self, *args):
         return self.pool.submit(make_with_threads, *args)
@@ -131,7 +136,10 @@ class _ProcessPool:
             future.result()  # re-raise a worker's error here
         return done
 
-    def close(self):
+    def close(self, stop_running: bool = False):
+        if stop_running:  # SIGTERM each worker: like Ctrl-C, it cleans up and its training resumes later
+            for process in list(self.pool._processes.values()):  # no public API before Python 3.14
+                process.terminate()
         self.pool.shutdown(cancel_futures=True)
 
 
@@ -154,6 +162,6 @@ class _RayTasks:
         self.ray.get(done)  # re-raise a task's error here
         return done
 
-    def close(self):
-        if self.started:
+    def close(self, stop_running: bool = False):
+        if self.started:  # shutting down the instance this run started stops its tasks
             self.ray.shutdown()
