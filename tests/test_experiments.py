@@ -42,6 +42,8 @@ def test_smoke_run_reports_every_experiment(smoke_run, name):
     assert results["experiment"] == name and results["scale"] == "smoke"
     assert (out / "results.md").read_text().startswith("# ")
     assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (root / "out" / "REPORT.md").read_text()
+    assert f"`{name}`)." in report  # every experiment states its findings against the paper's claims
 
 
 def test_the_plan_counts_shared_artifacts_once(smoke_run):

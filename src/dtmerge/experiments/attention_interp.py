@@ -62,3 +62,12 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "curves": curves},
                         "\n".join(table))
     return {"curves": curves}
+
+
+def findings(summary: dict) -> list[dict]:
+    swapped = {name: points[-1]["mean"] for name, points in summary["curves"].items()}
+    mean = sum(swapped.values()) / len(swapped)
+    return [common.finding("All attention parameters can be swapped between tasks with small losses (Fig. 3).",
+                           f"alpha 1, mean over the 6 pairs: {mean:.2f} of the original return (lowest "
+                           f"{min(swapped.values()):.2f}, {min(swapped, key=swapped.get)})",
+                           mean >= 0.8, "agrees if the mean is >= 0.80")]

@@ -75,3 +75,8 @@ def figure(out: Path, draw) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
+
+
+def finding(claim: str, ours: str, agrees: bool, rule: str) -> dict:
+    """One line of REPORT.md: the paper's claim, what our run measured, and the rule that judged it."""
+    return {"claim": claim, "ours": ours, "verdict": "agrees" if agrees else "disagrees", "rule": rule}

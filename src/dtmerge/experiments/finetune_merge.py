@@ -70,3 +70,11 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
                               "paper": PAPER}, "\n".join(table))
     return {"cells": cells}
+
+
+def findings(summary: dict) -> list[dict]:
+    cells = summary["cells"]
+    avg = {r: sum(cells[f"{r}|{t}"]["mean"] for t in TASKS) / 3 for r in ("Direct Merge", "Fisher Merge")}
+    return [common.finding("Finetune-then-merge with Fisher weights beats a direct merge (Table V).",
+                           f"average score: Fisher {avg['Fisher Merge']:.1f}, direct {avg['Direct Merge']:.1f}",
+                           avg["Fisher Merge"] > avg["Direct Merge"], "agrees if Fisher's average is higher")]

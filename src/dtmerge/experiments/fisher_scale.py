@@ -72,3 +72,11 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
                               "skipped": SKIPPED, "paper": {k: list(v) for k, v in PAPER.items()}}, "\n".join(table))
     return {"cells": cells}
+
+
+def findings(summary: dict) -> list[dict]:
+    cells = summary["cells"]
+    avg = {m: sum(cells[f"{m}|{t}"]["mean"] for t in TASKS) / 3 for m in ("Direct", "Fisher")}
+    return [common.finding("Fisher merging beats direct averaging in MFF (Table IV).",
+                           f"average score after MFF: Fisher {avg['Fisher']:.1f}, direct {avg['Direct']:.1f}",
+                           avg["Fisher"] > avg["Direct"], "agrees if Fisher's average is higher")]

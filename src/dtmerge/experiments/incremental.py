@@ -61,3 +61,10 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "curves": curves},
                         "\n".join(table))
     return {"curves": curves}
+
+
+def findings(summary: dict) -> list[dict]:
+    last = {name: points[-1]["mean"] for name, points in summary["curves"].items()}
+    return [common.finding("Merging the whole transformer collapses the return (Fig. 2b).",
+                           "everything merged: " + ", ".join(f"{n} {v:.2f}" for n, v in last.items()) + " of original",
+                           all(v <= 0.25 for v in last.values()), "agrees if <= 0.25 in both directions")]

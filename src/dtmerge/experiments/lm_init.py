@@ -108,3 +108,16 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
                               "corpus": "Python standard library docstrings", "paper": PAPER}, "\n".join(table))
     return {"cells": cells}
+
+
+def findings(summary: dict) -> list[dict]:
+    cells = summary["cells"]
+    out = []
+    for level in LEVELS:
+        avg = {c: sum(cells[f"{level}|{c}|{t}"]["mean"] for t in TASKS) / 3 for c in COLUMNS}
+        best = max(VARIANTS, key=avg.get)
+        out.append(common.finding(f"A shared language-model initialisation merges better than random ones ({level}, "
+                                  "Table III).", f"average score: best LM variant {best} {avg[best]:.1f}, Random "
+                                  f"{avg['Random']:.1f}", avg[best] > avg["Random"],
+                                  "agrees if the best ChibiT variant beats Random"))
+    return out

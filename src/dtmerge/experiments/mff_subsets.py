@@ -98,3 +98,11 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "rows": rows},
                         "\n".join(table))
     return {"rows": rows}
+
+
+def findings(summary: dict) -> list[dict]:
+    row = summary["rows"]["Attention (MFF)"]
+    hopper, cheetah = row["hopper"]["mean"], row["halfcheetah"]["mean"]
+    return [common.finding("MFF over attention recovers the original return (Table II).",
+                           f"Attention (MFF): Hopper {hopper:.0f}%, Cheetah {cheetah:.0f}%",
+                           min(hopper, cheetah) >= 90, "agrees if both >= 90%")]

@@ -64,3 +64,18 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, **summary},
                         "\n".join(table))
     return summary
+
+
+def findings(summary: dict) -> list[dict]:
+    rows = summary["rows"]
+    kind = {part: [r for r in rows if r["unit"].endswith(part)] for part in ("ln_1", "attn", "ln_2", "mlp")}
+    mean = {part: sum(r[a]["mean"] for r in rs for a in ("0.5", "1.0")) / (2 * len(rs)) for part, rs in kind.items()}
+    attn_swap = sum(r["1.0"]["mean"] for r in kind["attn"]) / len(kind["attn"])
+    return [
+        common.finding("A single attention layer can be swapped in from another task's DT with little loss (Fig. 2a).",
+                       f"attention swapped (alpha 1): {attn_swap:.2f} of the original return, averaged over layers",
+                       attn_swap >= 0.8, "agrees if >= 0.80"),
+        common.finding("Merging MLP layers hurts most (Fig. 2a).",
+                       "mean over both alphas: " + ", ".join(f"{p} {v:.2f}" for p, v in mean.items()),
+                       min(mean, key=mean.get) == "mlp", "agrees if the MLP mean is the lowest of the four unit kinds"),
+    ]

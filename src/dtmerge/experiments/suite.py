@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from dtmerge.atomic import write_json
+from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data.make import data_home
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments import EXPERIMENTS, runner
@@ -71,4 +71,13 @@ def report(out, echo=print) -> dict:
         results = {k: store.result(n) for k, n in nodes.items()}
         summaries[name] = module.report(scale, results, out / name)
         echo(f"{name}: {out / name / 'results.md'}")
+    lines = [f"# Our runs against the paper's claims (scale {scale.name}, {scale.seeds} seed(s))", "",
+             "Each line: the paper's claim, what our run measured, and the rule that judged it. The numbers are in "
+             "each experiment's results.md.", ""]
+    for name, summary in summaries.items():
+        for f in EXPERIMENTS[name].findings(summary):
+            lines.append(f"- **{f['verdict']}** — {f['claim']} Ours: {f['ours']} ({f['rule']}; `{name}`).")
+    with atomic_path(out / "REPORT.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    echo(f"findings: {out / 'REPORT.md'}")
     return summaries
