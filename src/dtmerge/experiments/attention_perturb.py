@@ -63,7 +63,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             ax.bar([i + (k - 1.5) * 0.2 for i in range(len(groups))], [cells[f"{lv}|{t}|{kind}"]["mean"]
                    for lv, t in groups], 0.2, yerr=[cells[f"{lv}|{t}|{kind}"]["se"] for lv, t in groups], capsize=2,
                    label=HEADERS[kind])
-        ax.set_xticks(range(len(groups)), [f"{t}\\n{lv}" for lv, t in groups], fontsize=7)
+        ax.set_xticks(range(len(groups)), [f"{t}\n{lv}" for lv, t in groups], fontsize=6)
         ax.set_ylabel(SCORE_LABEL)
         ax.set_title(TITLE + f" ({scale.name})")
         ax.legend(fontsize=7)

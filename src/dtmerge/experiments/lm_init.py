@@ -100,7 +100,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         groups = [(lv, c) for lv in LEVELS for c in COLUMNS]
         means = [sum(cells[f"{lv}|{c}|{t}"]["mean"] for t in order) / 3 for lv, c in groups]
         ax.bar(range(len(groups)), means, color=[f"C{COLUMNS.index(c)}" for _, c in groups])
-        ax.set_xticks(range(len(groups)), [f"{c}\\n{lv}" for lv, c in groups], fontsize=6)
+        ax.set_xticks(range(len(groups)), [f"{c}\n{lv}" for lv, c in groups], fontsize=6)
         ax.set_ylabel(f"average {SCORE_LABEL}")
         ax.set_title(TITLE + f" ({scale.name})", fontsize=8)
 
