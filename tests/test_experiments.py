@@ -51,9 +51,9 @@ def test_the_plan_counts_shared_artifacts_once(smoke_run):
     scale = SCALES["smoke"]
     nodes = all_nodes([n for m in EXPERIMENTS.values() for n in m.nodes(scale).values()])
     assert f"{len(nodes)} artifacts: 0 cached, {len(nodes)} to make" in "\n".join(lines)
-    dts = [n for n in nodes if n.kind == "dt"]
-    assert len(dts) == 3 * 3 * scale.seeds  # one DT per task, data level and seed, shared by every experiment
-    assert sum(n.deps["data"].spec["level"] == "expert" for n in dts) == 3 * scale.seeds
+    single = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and "preset" not in n.spec]
+    assert len(single) == 3 * 3 * scale.seeds  # one random-init DT per task, data level and seed, shared by all
+    assert sum(n.deps["data"].spec["level"] == "expert" for n in single) == 3 * scale.seeds
 
 
 def test_a_second_run_makes_nothing_again(smoke_run):
