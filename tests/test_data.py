@@ -172,3 +172,20 @@ def test_write_d4rl_is_atomic_on_failure(tmp_path, hopper_traj):
     with pytest.raises(TypeError):
         write_d4rl(bad, tmp_path / "out.hdf5")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_a_directory_or_a_file_in_one_swap(tmp_path):
+    from dtmerge.atomic import atomic_dir
+
+    for old in ("dir", "file"):
+        target = tmp_path / old
+        if old == "dir":
+            target.mkdir()
+            (target / "old.txt").write_text("old")
+        else:
+            target.write_text("old")
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            assert target.exists()  # the old version stays in place until the new one is complete
+        assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]  # no temporary leftovers

@@ -44,13 +44,18 @@ def atomic_dir(path):
             if f.is_file():
                 os.chmod(f, 0o666 & ~_UMASK)
         if path.exists():
-            swap(tmp, path)  # tmp now holds the old version
-            shutil.rmtree(tmp)
+            swap(tmp, path)  # tmp now holds the old version (a directory, or a file being replaced)
         else:
             os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 _RENAME_EXCHANGE = 2
