@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fisher_speed.py
 	$(PY) benchmarks/merge_scale.py
 	$(PY) benchmarks/lm_cost.py
+	$(PY) benchmarks/executor_speed.py
 
 clean:
 	rm -rf $(VENV) demo-out
