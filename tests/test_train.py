@@ -177,3 +177,23 @@ def test_multitask_heads_move_from_their_init(tmp_path, task_files):
         h1 = load_bundle_task(one, n)[0].predict_action[0].weight
         h3 = load_bundle_task(three, n)[0].predict_action[0].weight
         assert not torch.equal(h1, h3), n
+
+
+def test_a_moved_run_resumes_but_other_data_is_refused(tmp_path, hopper_file, task_files):
+    import shutil
+
+    train(_cfg(hopper_file, tmp_path / "a", steps=3), progress=False)
+    shutil.copy(hopper_file, tmp_path / "copy.hdf5")
+    shutil.move(tmp_path / "a", tmp_path / "moved")  # the run and its data both live elsewhere now
+    resumed = train(_cfg(tmp_path / "copy.hdf5", tmp_path / "moved"), resume=True, progress=False)
+    straight = train(_cfg(hopper_file, tmp_path / "straight"), progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = tmp_path / "other.hdf5"
+    from dtmerge.data import read_d4rl, write_d4rl
+
+    traj = read_d4rl(hopper_file)
+    traj.rewards = traj.rewards * 2
+    write_d4rl(traj, other)
+    with pytest.raises(CheckpointError, match="training data differs"):
+        train(_cfg(other, tmp_path / "moved", steps=9), resume=True, progress=False)

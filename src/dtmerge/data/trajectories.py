@@ -7,6 +7,7 @@ gather a whole batch with one fancy-indexing call instead of a Python loop.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,6 +138,14 @@ class Trajectories:
     def timesteps(self) -> np.ndarray:
         """Per step, its index inside its trajectory."""
         return np.arange(len(self)) - np.repeat(self.starts, self.lengths)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the data itself (not of the file or its path): a moved or copied dataset
+        keeps it, any changed value changes it."""
+        h = hashlib.sha256()
+        for arr in (self.observations, self.actions, self.rewards, self.terminals, self.starts, self.lengths):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
 
     def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension mean and std of all observations (std + 1e-6, as in the original DT)."""

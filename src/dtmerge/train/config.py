@@ -80,8 +80,9 @@ class TrainConfig(RunConfig):
         return data
 
 
-# Fields that may change when a run is resumed (how long, where, how often it reports).
-RESUMABLE_CHANGES = {"steps", "device", "log_every", "save_every"}
+# Fields that may change when a run is resumed: how long, on what, how often it reports, and where the
+# run and its data live (a run or a store may be moved; the data's content is compared instead).
+RESUMABLE_CHANGES = {"steps", "device", "log_every", "save_every", "out", "dataset"}
 
 
 def check_finetune_fields(fields: dict, set_by_pipeline: set[str]) -> dict:

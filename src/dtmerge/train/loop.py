@@ -133,7 +133,7 @@ def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:
                                {n: t for n, t in m.state_dict().items() if n not in shared})
                 for m, meta in zip(models, metas)}
     info = {"step": step, "train_config": metas[0]["train_config"],
-            "init_trunk_sha256": metas[0]["init_trunk_sha256"]}
+            "init_trunk_sha256": metas[0]["init_trunk_sha256"], "dataset_sha256": [m["dataset_sha256"] for m in metas]}
     write_bundle(ckpt, shared, per_task, {"multitask": info}, train_state)
 
 
@@ -154,6 +154,10 @@ def _restore(ckpt: Path, cfg: TrainConfig, runs: list[TaskRun], optim, samplers,
             if k not in RESUMABLE_CHANGES and saved["train_config"].get(k) != v}
     if diff:
         raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
+    data = [r.meta["dataset_sha256"] for r in runs]
+    if saved.get("dataset_sha256") not in (None, data if multi else data[0]):
+        raise CheckpointError(f"{ckpt}: cannot resume, the training data differs from the saved run's "
+                              f"(dataset_sha256); pass --overwrite to start over")
     if saved.get("init_trunk_sha256") != runs[0].meta["init_trunk_sha256"]:
         origin = cfg.init or "its random init"
         raise CheckpointError(f"{ckpt}: cannot resume, the run started from other weights than {origin} gives "

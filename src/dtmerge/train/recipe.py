@@ -59,7 +59,7 @@ def _start(cfg: TrainConfig, spec: str, traj, task) -> TaskRun:
     """A task's starting model and state statistics (an initialised DT keeps the ones it was
     trained with), with what its checkpoint will record about its origin."""
     meta = {"task": task.name, "env_id": task.env_id, "dataset": spec, "dataset_attrs": traj.attrs,
-            "rtg_targets": list(task.rtg_targets)}
+            "dataset_sha256": traj.fingerprint(), "rtg_targets": list(task.rtg_targets)}
     if cfg.init is None:
         model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim, **cfg.model.model_dump()))
         return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": "random"})
