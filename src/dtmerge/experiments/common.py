@@ -46,6 +46,11 @@ def mean_return(result: dict) -> float:
     return result["targets"][0]["return_mean"]
 
 
+def task_average(cells: dict, row: str) -> float:
+    """The mean over the three tasks of a table row's cells (`cells[f"{row}|{task}"]["mean"]`)."""
+    return sum(cells[f"{row}|{t}"]["mean"] for t in TASKS) / len(TASKS)
+
+
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error (0 for a single value)."""
     v = np.asarray(list(values), float)

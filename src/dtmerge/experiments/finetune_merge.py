@@ -74,7 +74,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 
 def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
-    avg = {r: sum(cells[f"{r}|{t}"]["mean"] for t in TASKS) / 3 for r in ("Direct Merge", "Fisher Merge")}
+    avg = {r: common.task_average(cells, r) for r in ("Direct Merge", "Fisher Merge")}
     return [common.finding("Finetune-then-merge with Fisher weights beats a direct merge (Table V).",
                            f"average score: Fisher {avg['Fisher Merge']:.1f}, direct {avg['Direct Merge']:.1f}",
                            avg["Fisher Merge"] > avg["Direct Merge"], "agrees if Fisher's average is higher")]

@@ -54,7 +54,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         row = [f"{cells[f'{m}|{t}']['mean']:.1f} / {cells[f'initial|{t}']['mean']:.1f} "
                f"({PAPER[f'ChibiT_R {m}'][i][0]} / {PAPER[f'ChibiT_R {m}'][i][1]})" for m in ("Direct", "Fisher")]
         table.append(f"| {t} | " + " | ".join(row) + " |")
-    averages = {m: sum(cells[f"{m}|{t}"]["mean"] for t in order) / 3 for m in ("initial", "Direct", "Fisher")}
+    averages = {m: common.task_average(cells, m) for m in ("initial", "Direct", "Fisher")}
     table.append(f"| average | {averages['Direct']:.1f} / {averages['initial']:.1f} (69.8 / 101.9) | "
                  f"{averages['Fisher']:.1f} / {averages['initial']:.1f} (74.4 / 101.9) |")
 
@@ -76,7 +76,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 
 def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
-    avg = {m: sum(cells[f"{m}|{t}"]["mean"] for t in TASKS) / 3 for m in ("Direct", "Fisher")}
+    avg = {m: common.task_average(cells, m) for m in ("Direct", "Fisher")}
     return [common.finding("Fisher merging beats direct averaging in MFF (Table IV).",
                            f"average score after MFF: Fisher {avg['Fisher']:.1f}, direct {avg['Direct']:.1f}",
                            avg["Fisher"] > avg["Direct"], "agrees if Fisher's average is higher")]

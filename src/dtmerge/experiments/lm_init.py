@@ -92,13 +92,13 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             table.append(f"| {level} | {t} | " + " | ".join(
                 f"{cells[f'{level}|{c}|{t}']['mean']:.1f} ± {cells[f'{level}|{c}|{t}']['se']:.1f} "
                 f"({PAPER[level][c][i]})" for c in COLUMNS) + " |")
-        averages = {c: sum(cells[f"{level}|{c}|{t}"]["mean"] for t in order) / 3 for c in COLUMNS}
+        averages = {c: common.task_average(cells, f"{level}|{c}") for c in COLUMNS}
         table.append(f"| {level} | average | " + " | ".join(
             f"{averages[c]:.1f} ({sum(PAPER[level][c]) / 3:.1f})" for c in COLUMNS) + " |")
 
     def draw(ax):
         groups = [(lv, c) for lv in LEVELS for c in COLUMNS]
-        means = [sum(cells[f"{lv}|{c}|{t}"]["mean"] for t in order) / 3 for lv, c in groups]
+        means = [common.task_average(cells, f"{lv}|{c}") for lv, c in groups]
         ax.bar(range(len(groups)), means, color=[f"C{COLUMNS.index(c)}" for _, c in groups])
         ax.set_xticks(range(len(groups)), [f"{c}\n{lv}" for lv, c in groups], fontsize=6)
         ax.set_ylabel(f"average {SCORE_LABEL}")
@@ -114,7 +114,7 @@ def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
     out = []
     for level in LEVELS:
-        avg = {c: sum(cells[f"{level}|{c}|{t}"]["mean"] for t in TASKS) / 3 for c in COLUMNS}
+        avg = {c: common.task_average(cells, f"{level}|{c}") for c in COLUMNS}
         best = max(VARIANTS, key=avg.get)
         out.append(common.finding(f"A shared language-model initialisation merges better than random ones ({level}, "
                                   "Table III).", f"average score: best LM variant {best} {avg[best]:.1f}, Random "
