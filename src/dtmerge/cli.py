@@ -317,16 +317,18 @@ def experiment_list():
                    "faster than one with every core: benchmarks/executor_speed.py)")
 @click.option("--executor", default="local", type=click.Choice(["local", "ray"]),
               help="local: this machine's processes; ray: Ray tasks (RAY_ADDRESS's cluster, else a local one)")
+@click.option("--gpus-per-artifact", default=0.0, type=click.FloatRange(min=0),
+              help="GPUs each Ray task declares (ray executor; e.g. 0.25 packs four per GPU)")
 @click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
 @resume_option
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def experiment_run(names, scale, out, seeds, workers, executor, store, resume, overwrite, quiet):
+def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, resume, overwrite, quiet):
     """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out."""
     from dtmerge.experiments.suite import run_suite
 
     run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo,
-              executor=executor)
+              executor=executor, gpus_per_artifact=gpus_per_artifact)
 
 
 @experiment_group.command("report")

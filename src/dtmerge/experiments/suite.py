@@ -25,7 +25,7 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
 
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int = 1, store=None,
               resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
-              executor: str = "local") -> Path:
+              executor: str = "local", gpus_per_artifact: float = 0.0) -> Path:
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
@@ -44,7 +44,7 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
                                f"resume it with the same --scale and --seeds, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale).values()]
-    runner.run(store, targets, workers, progress, echo, executor)
+    runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": scale.seeds,
                                        "store": str(store.root.resolve())})
