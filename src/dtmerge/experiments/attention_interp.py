@@ -58,10 +58,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
         ax.legend(fontsize=7)
 
-    common.figure(out / "attention-interp.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "curves": curves},
-                        "\n".join(table))
-    return {"curves": curves}
+    return common.publish(out, NAME, scale, {"curves": curves}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:

@@ -68,10 +68,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})")
         ax.legend(fontsize=7)
 
-    common.figure(out / "attention-perturb.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
-                              "paper": {f"{lv}|{t}": v for (lv, t), v in PAPER.items()}}, "\n".join(table))
-    return {"cells": cells}
+    return common.publish(out, NAME, scale, {"cells": cells}, table, draw,
+                          paper={f"{lv}|{t}": v for (lv, t), v in PAPER.items()})
 
 
 def findings(summary: dict) -> list[dict]:

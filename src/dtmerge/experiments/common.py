@@ -57,12 +57,16 @@ def mean_se(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
-def write_report(out: Path, results: dict, table: str) -> None:
-    """results.json (every number, the config and artifact keys) and results.md (the tables)."""
+def publish(out: Path, name: str, scale: Scale, summary: dict, table: list[str], draw, **extra) -> dict:
+    """Write an experiment's report: `<name>.png` drawn by `draw(ax)`, results.json (the summary,
+    the scale and anything in `extra`, such as the paper's numbers) and results.md (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
+    figure(out / f"{name}.png", draw)
+    write_json(out / "results.json", {"experiment": name, "scale": scale.name, "seeds": scale.seeds, **summary,
+                                      **extra})
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(table.rstrip() + "\n")
+        tmp.write_text("\n".join(table).rstrip() + "\n")
+    return summary
 
 
 def figure(out: Path, draw) -> Path:

@@ -66,10 +66,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})")
         ax.legend(fontsize=7)
 
-    common.figure(out / "finetune-merge.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
-                              "paper": PAPER}, "\n".join(table))
-    return {"cells": cells}
+    return common.publish(out, NAME, scale, {"cells": cells}, table, draw, paper=PAPER)
 
 
 def findings(summary: dict) -> list[dict]:

@@ -68,10 +68,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
         ax.legend(fontsize=7)
 
-    common.figure(out / "fisher-scale.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
-                              "skipped": SKIPPED, "paper": {k: list(v) for k, v in PAPER.items()}}, "\n".join(table))
-    return {"cells": cells}
+    return common.publish(out, NAME, scale, {"cells": cells}, table, draw, skipped=SKIPPED,
+                          paper={k: list(v) for k, v in PAPER.items()})
 
 
 def findings(summary: dict) -> list[dict]:

@@ -57,10 +57,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})")
         ax.legend()
 
-    common.figure(out / "incremental.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "curves": curves},
-                        "\n".join(table))
-    return {"curves": curves}
+    return common.publish(out, NAME, scale, {"curves": curves}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:

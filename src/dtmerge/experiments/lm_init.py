@@ -104,10 +104,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_ylabel(f"average {SCORE_LABEL}")
         ax.set_title(TITLE + f" ({scale.name})", fontsize=8)
 
-    common.figure(out / "lm-init.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "cells": cells,
-                              "corpus": "Python standard library docstrings", "paper": PAPER}, "\n".join(table))
-    return {"cells": cells}
+    return common.publish(out, NAME, scale, {"cells": cells}, table, draw,
+                          corpus="Python standard library docstrings", paper=PAPER)
 
 
 def findings(summary: dict) -> list[dict]:

@@ -94,10 +94,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
         ax.legend()
 
-    common.figure(out / "mff-subsets.png", draw)
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, "rows": rows},
-                        "\n".join(table))
-    return {"rows": rows}
+    return common.publish(out, NAME, scale, {"rows": rows}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:

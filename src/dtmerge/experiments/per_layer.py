@@ -59,11 +59,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name})")
         ax.legend()
 
-    common.figure(out / "per-layer.png", draw)
-    summary = {"rows": rows}
-    common.write_report(out, {"experiment": NAME, "scale": scale.name, "seeds": scale.seeds, **summary},
-                        "\n".join(table))
-    return summary
+    return common.publish(out, NAME, scale, {"rows": rows}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:
