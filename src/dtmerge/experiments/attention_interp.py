@@ -36,8 +36,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         for alpha in ALPHAS:
             ratios = [common.mean_return(results[f"merged|{target}|{source}|{alpha}|{seed}"])
                       / common.mean_return(results[f"original|{target}|{seed}"]) for seed in range(scale.seeds)]
-            mean, se = common.mean_se(ratios)
-            points.append({"alpha": alpha, "mean": mean, "se": se, "values": ratios})
+            points.append({"alpha": alpha, **common.summarise(ratios)})
         curves[f"{source}->{target}"] = points
     header = ["alpha"] + list(curves)
     table = [f"# {TITLE}", "", f"Return of the target with its attention interpolated toward the source's, divided "

@@ -44,10 +44,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     for level in LEVELS:
         for task in TASKS:
             for kind in VARIANTS:
-                scores = [results[f"{kind}|{level}|{task}|{seed}"]["targets"][0]["score_mean"]
-                          for seed in range(scale.seeds)]
-                mean, se = common.mean_se(scores)
-                cells[f"{level}|{task}|{kind}"] = {"mean": mean, "se": se, "values": scores}
+                cells[f"{level}|{task}|{kind}"] = common.seed_scores(results, f"{kind}|{level}|{task}", scale.seeds)
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
              f"episodes each (scale {scale.name}); the paper's Table I in brackets (D4RL -v2 data, 100k training "
              "steps).", "", "| dataset | env | " + " | ".join(HEADERS.values()) + " |", "| --- | --- |" + " --- |" * 4]

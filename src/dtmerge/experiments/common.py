@@ -51,10 +51,16 @@ def task_average(cells: dict, row: str) -> float:
     return sum(cells[f"{row}|{t}"]["mean"] for t in TASKS) / len(TASKS)
 
 
-def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error (0 for a single value)."""
+def summarise(values) -> dict:
+    """Mean, standard error (0 for a single value) and the values themselves."""
     v = np.asarray(list(values), float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    return {"mean": float(v.mean()), "se": se, "values": v.tolist()}
+
+
+def seed_scores(results: dict, key: str, seeds: int) -> dict:
+    """The D4RL-normalised score of the evaluations `f"{key}|{seed}"`, summarised over seeds."""
+    return summarise(results[f"{key}|{seed}"]["targets"][0]["score_mean"] for seed in range(seeds))
 
 
 def publish(out: Path, name: str, scale: Scale, summary: dict, table: list[str], draw, **extra) -> dict:

@@ -46,8 +46,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     cells = {}
     for row in ROWS:
         for t in TASKS:
-            scores = [results[f"{row}|{t}|{seed}"]["targets"][0]["score_mean"] for seed in range(scale.seeds)]
-            cells[f"{row}|{t}"] = dict(zip(("mean", "se"), common.mean_se(scores)), values=scores)
+            cells[f"{row}|{t}"] = common.seed_scores(results, f"{row}|{t}", scale.seeds)
     order = ("hopper", "halfcheetah", "walker2d")  # the paper's column order
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
              f"episodes each (scale {scale.name}; multi-task model {scale.steps} steps, finetuning "

@@ -44,8 +44,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     cells = {}
     for name in ("initial", "Direct", "Fisher"):
         for t in TASKS:
-            scores = [results[f"{name}|{t}|{seed}"]["targets"][0]["score_mean"] for seed in range(scale.seeds)]
-            cells[f"{name}|{t}"] = dict(zip(("mean", "se"), common.mean_se(scores)), values=scores)
+            cells[f"{name}|{t}"] = common.seed_scores(results, f"{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score after MFF / before merging, mean over {scale.seeds} seed(s), "
              f"{scale.episodes} episodes each (scale {scale.name}); the paper's Table IV in brackets. GPT2_R: "

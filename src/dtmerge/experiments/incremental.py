@@ -35,8 +35,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         for k in range(1, len(units) + 1):
             ratios = [common.mean_return(results[f"merged|{source}|{target}|{k}|{seed}"])
                       / common.mean_return(results[f"original|{target}|{seed}"]) for seed in range(scale.seeds)]
-            mean, se = common.mean_se(ratios)
-            points.append({"merged_through": units[k - 1], "mean": mean, "se": se, "values": ratios})
+            points.append({"merged_through": units[k - 1], **common.summarise(ratios)})
         curves[f"{source}->{target}"] = points
     table = [f"# {TITLE}", "", f"Return of the target after merging every unit up to and including the one named, "
              f"divided by its unmerged return; mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} episodes "

@@ -78,9 +78,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     for level in LEVELS:
         for name in COLUMNS:
             for t in TASKS:
-                scores = [results[f"{level}|{name}|{t}|{seed}"]["targets"][0]["score_mean"]
-                          for seed in range(scale.seeds)]
-                cells[f"{level}|{name}|{t}"] = dict(zip(("mean", "se"), common.mean_se(scores)), values=scores)
+                cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
              f"episodes each (scale {scale.name}; LM pre-trained {scale.lm.get('steps')} steps on the Python "

@@ -67,7 +67,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                 continue
             pct = [100 * common.mean_return(results[f"{name}|{t}|{seed}"])
                    / common.mean_return(results[f"Original|{t}|{seed}"]) for seed in range(scale.seeds)]
-            row[t] = dict(zip(("mean", "se"), common.mean_se(pct)), values=pct)
+            row[t] = common.summarise(pct)
         size = results[f"{name}|size|0"].get("accounting", {}).get("relative_to_single_model_percent")
         row["size"] = 100.0 if frozen_from else size
         row["paper"] = dict(zip(("hopper", "halfcheetah", "size"), paper))

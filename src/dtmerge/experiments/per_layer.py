@@ -40,7 +40,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             ratios = [common.mean_return(results[f"merged|{t}|{s}|{unit}|{alpha}|{seed}"])
                       / common.mean_return(results[f"original|{t}|{seed}"])
                       for seed in range(scale.seeds) for t, s in permutations(TASKS, 2)]
-            row[str(alpha)] = dict(zip(("mean", "se"), common.mean_se(ratios)), values=ratios)
+            row[str(alpha)] = common.summarise(ratios)
         rows.append(row)
     table = [f"# {TITLE}", "", f"Return after merging one unit, divided by the target's unmerged return; mean ± s.e. "
              f"over the 6 ordered task pairs x {scale.seeds} seed(s), {scale.episodes} episodes each "
