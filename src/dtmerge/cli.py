@@ -396,7 +396,7 @@ def data_make(dataset_id, transitions, seed, minari_id, minari_root_opt, overwri
     medium, expert, medium-expert.
     """
     from dtmerge.data import load_dataset, write_minari
-    from dtmerge.data.make import check_size, make_dataset, parse_id
+    from dtmerge.data.make import make_dataset, parse_id
     from dtmerge.data.minari import check_minari_id
 
     parsed = parse_id(dataset_id)
@@ -405,8 +405,6 @@ def data_make(dataset_id, transitions, seed, minari_id, minari_root_opt, overwri
                                "levels: random, medium, expert, medium-expert)")
     if seed and parsed[3]:
         raise click.UsageError("give the seed either in the id or with --seed, not both")
-    if transitions:
-        check_size(transitions, dataset_id)
     if minari_id:  # refused now, before the dataset is made, if the export could not be written
         from dtmerge.data.minari import minari_root
         from dtmerge.outputs import claim_outputs

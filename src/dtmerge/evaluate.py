@@ -111,7 +111,7 @@ def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targ
              progress: bool = True, max_steps: int | None = None) -> dict:
     """Roll out `episodes` episodes per RTG target; returns per-target returns, scores and timing."""
     if episodes < 1:
-        raise ValueError("episodes must be at least 1")
+        raise DtmergeError(f"episodes must be at least 1, got {episodes}")
     device = pick_device(str(device))
     precision = resolve_precision(precision, device)
     targets = [float(t) for t in (targets or task.rtg_targets)]
@@ -150,8 +150,6 @@ def evaluate_checkpoint(path, episodes: int = 10, targets=None, seed: int = 0, d
                         precision: str = "auto", out=None, progress: bool = True, task: str | None = None,
                         overwrite: bool = False, max_steps: int | None = None) -> dict:
     """Evaluate a checkpoint (or a bundle's `task`); with `out`, also write the result as JSON."""
-    if episodes < 1:
-        raise DtmergeError(f"episodes must be at least 1, got {episodes}")
     if out is not None:
         claim_outputs([out], [path], overwrite)
     model, meta = load_policy_model(path, task)

@@ -32,9 +32,13 @@ def minari_root() -> Path:
 SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
+def _safe_id(dataset_id: str) -> bool:
+    """A Minari id names a folder under the Minari root: plain path parts only, never `.` or `..`."""
+    return bool(SAFE_ID.match(dataset_id)) and not any(part in (".", "..") for part in dataset_id.split("/"))
+
+
 def check_minari_id(dataset_id: str) -> str:
-    """A Minari id names a folder under the Minari root: plain path parts only, never `..`."""
-    if not SAFE_ID.match(dataset_id) or any(part in (".", "..") for part in dataset_id.split("/")):
+    if not _safe_id(dataset_id):
         raise DatasetError(dataset_id, "not a valid Minari dataset id (letters, digits, '_', '-', '.' in "
                            "'/'-separated parts, no '..'), e.g. mujoco/hopper/medium-v0")
     return dataset_id
@@ -43,7 +47,7 @@ def check_minari_id(dataset_id: str) -> str:
 def find_minari_dir(spec) -> Path | None:
     """Resolve a local path or a dataset id under the Minari root to the dataset's `data/` folder."""
     bases = [Path(spec)]
-    if SAFE_ID.match(str(spec)) and ".." not in str(spec).split("/"):
+    if _safe_id(str(spec)):
         bases.append(minari_root() / str(spec))
     for base in bases:
         for cand in (base / "data", base):

@@ -76,10 +76,3 @@ class Store:
         write_json(self.path(node) / "artifact.json", {
             "format": STORE_FORMAT, "key": node.key, "version": __version__, "kind": node.kind, "spec": node.spec,
             "deps": {name: dep.key for name, dep in node.deps.items()}, "seconds": seconds, "result": result})
-
-    def seconds(self, node: Node) -> float | None:
-        """How long making the node took (wall clock, the last time it was made), if recorded."""
-        try:
-            return json.loads((self.path(node) / "artifact.json").read_text()).get("seconds")
-        except (OSError, json.JSONDecodeError):
-            return None

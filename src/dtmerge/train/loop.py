@@ -42,26 +42,9 @@ class TaskRun:
     meta: dict  # task, env_id, dataset, init, init_trunk_sha256, ... (see dtmerge.store.schema)
 
 
-class NoExtraTerms:
-    """A run with the action MSE alone."""
-
-    def __call__(self, step, model, mask) -> dict:
-        return {}
-
-    def parameters(self) -> list:
-        return []
-
-    def state(self) -> dict:
-        return {}
-
-    def load_state(self, state: dict) -> None:
-        pass
-
-
-def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra=None, resume: bool = False,
+def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: bool = False,
         progress: bool = True) -> Path:
     """Train the models of `runs` (sharing one trunk if several) and checkpoint to `run_dir/checkpoint`."""
-    extra = extra or NoExtraTerms()
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint"
     device = pick_device(cfg.device)
