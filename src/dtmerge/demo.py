@@ -53,7 +53,7 @@ def _demo(out: Path, steps: int, finetune_steps: int, transitions: int, episodes
 
     for name, ckpt in models.items():
         if not (ckpt / "fisher.json").exists():
-            compute_fisher(ckpt, estimator="exact", batches=1, batch_size=32, seed=seed, progress=progress)
+            compute_fisher(ckpt, estimator="exact", batches=1, batch_size=64, seed=seed, progress=progress)
     bundle = merge_freeze_finetune(MFFConfig(
         merge=MergeConfig(models=[str(m) for m in models.values()], select=["attn", "mlp"], method="fisher",
                           output=str(out / "merged-fisher")),

@@ -8,11 +8,12 @@ from dtmerge.experiments import (
     fisher_scale,
     incremental,
     lm_init,
+    mff_steps,
     mff_subsets,
     per_layer,
 )
 
 EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
-                                   lm_init, fisher_scale, finetune_merge)}
+                                   lm_init, fisher_scale, finetune_merge, mff_steps)}
 
 __all__ = ["EXPERIMENTS"]

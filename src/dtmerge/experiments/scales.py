@@ -1,10 +1,12 @@
 """How big each scale runs. `smoke` checks the pipeline end to end in the test suite; `mini` is
 sized so the whole suite fits a 2-core machine in about 8 hours; `paper` uses the paper's settings
-and is meant for a GPU or a cluster.
+and is meant for a GPU or a cluster. `demo` trains the models `dtmerge demo` trains (its seed 0 is the
+demo's run), for looking into the demo with the pipeline's tools.
 
 mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20, bf16) costs ~0.075 s on 2 cores, so
 5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
-behaviour level. Merge-Freeze-Finetune gets 2,000 steps per task (the paper: 10,000), 2.5 minutes.
+behaviour level. Merge-Freeze-Finetune gets 1,000 steps per task, 20% of training (the paper: 10,000 of
+100,000, 10%), which keeps the whole mini suite near 8 hours on 2 cores.
 10 evaluation episodes per model (batched, ~4 s) give standard errors of a few points; 2 seeds per
 model, as the paper's minimum.
 """
@@ -26,7 +28,7 @@ class Scale:
     max_steps: int | None = None  # cap on episode length (smoke only)
     seeds: int = 2
     precision: str = "auto"
-    finetune_steps: int = 2000  # Merge-Freeze-Finetune: steps per task after the merge
+    finetune_steps: int = 1000  # Merge-Freeze-Finetune: steps per task after the merge
     lm: dict = field(default_factory=dict)  # the language model pre-trained for Table III (PretrainConfig)
     lm_terms: dict = field(default_factory=dict)  # Eq. 5 settings its DTs train with (k-means centres, L_LM blocks)
 
@@ -50,6 +52,8 @@ SCALES = {
                    lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}),
     "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2,
                   lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2}),
+    "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
+                  finetune_steps=300),
     "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
                    seeds=2, finetune_steps=10_000, lm={"steps": 20_000, "tokenizer": "bpe"}),
 }
