@@ -646,5 +646,30 @@ def overlap_plot_onto_its_log(ws):
     return ["plot", "log.jsonl", "--out", "log.jsonl"]
 
 
+@case("only same-shaped trunks can be aligned")
+def align_different_trunks(ws):
+    from dtmerge.model import DecisionTransformer, DTConfig
+    from dtmerge.store.checkpoint import hand_built_meta, save_checkpoint
+
+    save_checkpoint(ws / "wide", DecisionTransformer(DTConfig(state_dim=17, act_dim=6, n_embd=16, n_layer=1)),
+                    hand_built_meta("walker2d"))
+    return ["align", "hopper", "wide", "aligned"]
+
+
+@case("walker2d: the output is the input")
+def overlap_align_onto_its_source(ws):
+    return ["align", "hopper", "walker2d", "walker2d"]
+
+
+@case("bundle: a multi-task bundle; align takes single-task checkpoints")
+def align_a_bundle(ws):
+    return ["align", "hopper", "bundle", "aligned"]
+
+
+@case("existing.json exists; pass --overwrite")
+def existing_align_out(ws):
+    return ["align", "hopper", "walker2d", "existing.json"]
+
+
 def test_enough_hostile_inputs():
     assert len(CASES) >= 40, len(CASES)

@@ -146,15 +146,18 @@ def demo_cmd(out, steps, finetune_steps, transitions, episodes, seed, resume, ov
 @click.option("--format", "fmt", type=click.Choice(["bundle", "checkpoint"]), help="[default: bundle]")
 @click.option("--output", help="where the merged bundle or checkpoint goes")
 @click.option("--force", is_flag=True, default=None, help="merge against a base the models did not start from")
+@click.option("--align", type=click.Choice(["weights", "activations"]),
+              help="permute every model into the target's basis first (see `dtmerge align`)")
 @click.option("--dry-run", is_flag=True, help="print which tensors are merged and where every other comes from")
 @overwrite_option
-def merge_cmd(config_file, models, target, select, method, params, base, fmt, output, force, dry_run, overwrite):
+def merge_cmd(config_file, models, target, select, method, params, base, fmt, output, force, align, dry_run,
+              overwrite):
     """Merge task models in weight space, described by a YAML CONFIG_FILE and/or flags."""
     from dtmerge.merge.engine import MergeConfig, load_merge_config, merge, plan
 
     overrides = {"models": list(models) or None, "target": target, "select": list(select) or None,
                  "method": method, "params": _parse_params(params) or None, "base": base, "format": fmt,
-                 "output": output, "force": force}
+                 "output": output, "force": force, "align": align}
     if config_file:
         cfg = load_merge_config(config_file, overrides)
     else:
@@ -163,6 +166,24 @@ def merge_cmd(config_file, models, target, select, method, params, base, fmt, ou
         click.echo(plan(cfg))
         return
     click.echo(merge(cfg, overwrite=overwrite))
+
+
+@main.command("align")
+@click.argument("target", type=click.Path(exists=True, file_okay=False))
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--method", type=click.Choice(["weights", "activations"]), default="weights", show_default=True,
+              help="weights: weight matching; activations: correlations of hidden units on each model's own data")
+@click.option("--windows", default=2048, type=click.IntRange(min=2), show_default=True,
+              help="windows of each model's data (activations)")
+@click.option("--seed", default=0, show_default=True, help="order of the weight-matching passes; the window sampler")
+@overwrite_option
+def align_cmd(target, source, out, method, windows, seed, overwrite):
+    """Write SOURCE with its hidden units permuted into TARGET's order (re-basin) as a checkpoint at
+    OUT: it acts exactly as SOURCE does, but merges unit by unit with TARGET."""
+    from dtmerge.merge.align import align_checkpoint
+
+    click.echo(align_checkpoint(target, source, out, method, windows, seed, overwrite))
 
 
 @main.command("fisher")
@@ -309,7 +330,8 @@ def experiment_list():
 
 @experiment_group.command("run")
 @click.argument("names", nargs=-1, required=True)
-@click.option("--scale", default="mini", type=click.Choice(["smoke", "mini", "paper"]), help="how big")
+@click.option("--scale", default="mini", type=click.Choice(["smoke", "mini", "paper", "demo"]),
+              help="how big (demo: the models `dtmerge demo` trains)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
 @click.option("--seeds", type=click.IntRange(min=1), help="seeds per model [default: the scale's]")
 @click.option("--workers", default=os.cpu_count() or 1, type=click.IntRange(min=1), show_default="one per core",

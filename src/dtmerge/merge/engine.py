@@ -8,6 +8,7 @@ embeddings and heads are never merged; every merged tensor is checked finite.
 
 from __future__ import annotations
 
+import tempfile
 import typing
 import zlib
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from safetensors import safe_open
 
 from dtmerge.errors import DtmergeError
+from dtmerge.merge.align import ALIGN_METHODS, align_checkpoint
 from dtmerge.merge.fisher import read_fisher_meta
 from dtmerge.merge.methods import METHODS
 from dtmerge.model import DTConfig
@@ -49,6 +51,8 @@ class MergeConfig(BaseModel):
         "total", description="divide each model's Fisher by its sum over every block (total, the paper's code), "
                              "its sum over the selected tensors (selected), its L2 norm over them (l2), or nothing")
     force: bool = Field(False, description="merge against a base the models were not trained from")
+    align: Literal[ALIGN_METHODS] | None = Field(None, description="permute every model into the target's basis "
+                                                  "first (dtmerge align): weights or activations")
     output: str = Field(description="where the result goes")
     format: Literal["bundle", "checkpoint"] = Field("bundle", description="bundle: every task, sharing the "
                                                     "merged tensors; checkpoint: the target model only")
@@ -159,6 +163,19 @@ def merge(cfg: MergeConfig, overwrite: bool = False) -> Path:
     """Merge as configured and write the bundle (or checkpoint) to `cfg.output`."""
     inputs = [*cfg.models, *(p for p in (cfg.target, cfg.base) if p)]
     claim_outputs([cfg.output], inputs, overwrite)
+    if not cfg.align:
+        return _merge(cfg, cfg.models)
+    target = cfg.target or cfg.models[0]
+    Path(cfg.output).resolve().parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(cfg.output).resolve().parent, prefix=".dtmerge-align-") as tmp:
+        aligned = [m if m == target else str(align_checkpoint(target, m, Path(tmp) / str(i), cfg.align))
+                   for i, m in enumerate(cfg.models)]
+        return _merge(cfg.model_copy(update={"models": aligned, "target": target}), cfg.models)
+
+
+def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
+    """The merge itself; `recorded_models` are the paths the provenance names (the user's, not
+    the aligned copies')."""
     inp = _Inputs(cfg)
     method = inp.method
     normalizers = inp.fisher_normalizers(cfg.fisher_normalize) if method.needs_fisher else None
@@ -182,7 +199,8 @@ def merge(cfg: MergeConfig, overwrite: bool = False) -> Path:
             if out.shape != tensors[0].shape or not torch.isfinite(out).all():
                 raise MergeError(f"merging {name} with {cfg.method} gave a non-finite or mis-shaped tensor")
             merged[name] = out
-    provenance = {"merge": {**cfg.model_dump(exclude={"output"}), "models": [str(p) for p in inp.paths],
+    recorded = {str(Path(m)): str(r) for m, r in zip(cfg.models, recorded_models)}
+    provenance = {"merge": {**cfg.model_dump(exclude={"output"}), "models": [recorded[str(p)] for p in inp.paths],
                             "tasks": inp.tasks, "merged_tensors": len(inp.selected)}}
     if cfg.format == "checkpoint":
         model, meta = load_checkpoint(inp.paths[0])

@@ -61,13 +61,19 @@ class DecisionTransformer(nn.Module):
         """Predict a_t from the state token of step t; inputs are (B, K, ·), output (B, K, act_dim),
         or (B, 1, act_dim) for the last step only (`last_only`, what acting needs; it skips the
         last block's work for every other token)."""
+        K = states.shape[1]
+        keep = slice(3 * K - 2, 3 * K - 1) if last_only else slice(1, None, 3)  # state tokens
+        key_mask = None if mask is None else mask.repeat_interleave(3, dim=1)
+        return self.predict_action(self.transformer(self.tokens(states, actions, returns_to_go, timesteps), key_mask,
+                                                    keep))
+
+    def tokens(self, states, actions, returns_to_go, timesteps):
+        """The trunk's input: (R, s, a) tokens interleaved per step, (B, 3K, n_embd), after embed_ln."""
         B, K = states.shape[:2]
         t = self.embed_timestep(timesteps)
         tokens = torch.stack((self.embed_return(returns_to_go) + t, self.embed_state(states) + t,
                               self.embed_action(actions) + t), dim=2).reshape(B, 3 * K, -1)
-        key_mask = None if mask is None else mask.repeat_interleave(3, dim=1)
-        keep = slice(3 * K - 2, 3 * K - 1) if last_only else slice(1, None, 3)  # state tokens
-        return self.predict_action(self.transformer(self.embed_ln(tokens), key_mask, keep))
+        return self.embed_ln(tokens)
 
     def parameter_groups(self) -> dict[str, list[str]]:
         return parameter_groups(self)

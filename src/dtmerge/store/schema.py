@@ -70,6 +70,7 @@ class CheckpointMeta(TaskMeta):
     merge: dict | None = None  # provenance of a merged checkpoint
     perturbation: dict | None = None  # provenance of a perturbed one
     merged_from: str | None = None  # the merged bundle an MFF finetune started from
+    alignment: dict | None = None  # provenance of a permutation-aligned one (dtmerge align)
 
 
 class BundleMeta(Schema):
