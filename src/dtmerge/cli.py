@@ -186,6 +186,19 @@ def align_cmd(target, source, out, method, windows, seed, overwrite):
     click.echo(align_checkpoint(target, source, out, method, windows, seed, overwrite))
 
 
+@main.command("search")
+@click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
+@resume_option
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def search_cmd(config_file, resume, quiet):
+    """Search merge weights per unit by rollouts (optuna), as described by the YAML CONFIG_FILE;
+    report the best on held-out episodes."""
+    from dtmerge.merge.search import load_search_config, run_search
+
+    summary = run_search(load_search_config(config_file), resume=resume, progress=not quiet)
+    click.echo((Path(summary["config"]["output"]) / "results.md").read_text())
+
+
 @main.command("fisher")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--dataset", help="data to compute it on [default: the checkpoint's training data]")

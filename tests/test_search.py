@@ -1,0 +1,70 @@
+"""dtmerge search at smoke size: optuna over merge weights, held-out report, and a stopped study resumed."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from dtmerge.cli import main
+from dtmerge.merge import search
+from dtmerge.merge.search import SearchConfig, merge_units, run_search
+from dtmerge.model import DTConfig
+
+
+def _config(tmp_path, task_models, **extra) -> dict:
+    return {"models": [str(task_models["hopper"]), str(task_models["walker2d"]), str(task_models["halfcheetah"])],
+            "select": ["attn", "mlp"], "trials": 4, "episodes": 1, "report_episodes": 2, "max_steps": 15,
+            "output": str(tmp_path / "search"), **extra}
+
+
+def test_search_runs_reports_and_starts_from_the_equal_weight_merge(tmp_path, task_models):
+    file = tmp_path / "search.yaml"
+    file.write_text(yaml.safe_dump(_config(tmp_path, task_models)))
+    r = CliRunner().invoke(main, ["search", str(file), "--quiet"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "search"
+    results = json.loads((out / "results.json").read_text())
+    assert results["trials"] == 4 and len(results["history"]) == 4
+    assert results["equal weights"]["trial"] == 0
+    assert results["equal weights"]["weights"]["attn"] == pytest.approx([1 / 3] * 3)
+    assert results["best"]["selection_mean"] == max(h["value"] for h in results["history"])
+    assert set(results["best"]["held_out"]) == {"hopper", "walker2d", "halfcheetah"}
+    assert (out / "history.png").stat().st_size > 0 and (out / "best" / "bundle.json").is_file()
+    assert "held-out" in r.output
+    again = CliRunner().invoke(main, ["search", str(file), "--quiet"])
+    assert again.exit_code != 0 and "exists" in again.output  # never over a finished search without --resume
+
+
+def test_a_stopped_search_resumes_with_its_finished_trials(tmp_path, task_models, monkeypatch):
+    cfg = SearchConfig(**_config(tmp_path, task_models, sampler="cmaes"))
+    real, calls = search.Merger.scores, []
+
+    def stop_on_third(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args)
+    monkeypatch.setattr(search.Merger, "scores", stop_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, progress=False)
+    monkeypatch.setattr(search.Merger, "scores", real)
+    first = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert first == cfg.model_dump()
+    summary = run_search(cfg, resume=True, progress=False)
+    assert summary["trials"] == 4
+    values = [h["value"] for h in summary["history"]]
+    assert len(values) == 4 and summary["equal weights"]["trial"] == 0
+    changed = SearchConfig(**{**cfg.model_dump(), "trials": 9, "episodes": 2})
+    with pytest.raises(search.SearchError, match="another config"):
+        run_search(changed, resume=True, progress=False)
+
+
+def test_units_per_group_and_per_layer():
+    cfg = DTConfig(state_dim=3, act_dim=2, n_embd=8, n_layer=2)
+    group = merge_units(SearchConfig(models=["a", "b"], select=["attn", "mlp"], output="x"), cfg)
+    assert list(group) == ["attn", "mlp"] and len(group["attn"]) == 8
+    layer = merge_units(SearchConfig(models=["a", "b"], select=["attn"], granularity="layer", output="x"), cfg)
+    assert list(layer) == ["h.0.attn", "h.1.attn"]
+    with pytest.raises(search.SearchError, match="disjoint"):
+        merge_units(SearchConfig(models=["a", "b"], select=["attn", "h.0"], output="x"), cfg)
