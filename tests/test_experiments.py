@@ -113,3 +113,12 @@ def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):
         results[executor] = json.loads((tmp_path / executor / "incremental" / "results.json").read_text())["curves"]
     assert not ray.is_initialized()  # the instance the run started is shut down again
     assert results["ray"] == results["local"]
+
+
+def test_the_searchs_equal_weight_merge_is_the_plain_average(smoke_run):
+    """The search's first trial and the pipeline's 3-way average are one merge, evaluated alike."""
+    root, _ = smoke_run
+    rows = json.loads((root / "out" / "alignment" / "results.json").read_text())["rows"]
+    for align in ("none", "weights"):
+        assert rows[f"searched weights attn+mlp, all three (equal weights)|{align}"]["values"] == \
+            rows[f"average attn+mlp, all three|{align}"]["values"]

@@ -38,17 +38,17 @@ def test_search_runs_reports_and_starts_from_the_equal_weight_merge(tmp_path, ta
 
 def test_a_stopped_search_resumes_with_its_finished_trials(tmp_path, task_models, monkeypatch):
     cfg = SearchConfig(**_config(tmp_path, task_models, sampler="cmaes"))
-    real, calls = search.Merger.scores, []
+    real, calls = search.Merger.evaluate, []
 
     def stop_on_third(self, *args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(self, *args)
-    monkeypatch.setattr(search.Merger, "scores", stop_on_third)
+    monkeypatch.setattr(search.Merger, "evaluate", stop_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_search(cfg, progress=False)
-    monkeypatch.setattr(search.Merger, "scores", real)
+    monkeypatch.setattr(search.Merger, "evaluate", real)
     first = json.loads((tmp_path / "search" / "search.json").read_text())
     assert first == cfg.model_dump()
     summary = run_search(cfg, resume=True, progress=False)

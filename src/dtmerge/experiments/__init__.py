@@ -2,6 +2,7 @@
 its report), one artifact store (store.py), one runner (runner.py)."""
 
 from dtmerge.experiments import (
+    alignment,
     attention_interp,
     attention_perturb,
     finetune_merge,
@@ -14,6 +15,6 @@ from dtmerge.experiments import (
 )
 
 EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
-                                   lm_init, fisher_scale, finetune_merge, mff_steps)}
+                                   lm_init, fisher_scale, finetune_merge, mff_steps, alignment)}
 
 __all__ = ["EXPERIMENTS"]

@@ -23,6 +23,7 @@ from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 from dtmerge.merge.perturb import perturb_checkpoint
+from dtmerge.merge.search import SearchConfig, run_search
 from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
 
@@ -121,6 +122,15 @@ def _mff(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     return {"output": "bundle", "accounting": trunk_accounting(bundle)}
 
 
+@maker("search")
+def _search(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """Merge weights searched by rollouts; a stopped study continues."""
+    models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
+    summary = run_search(SearchConfig(**spec, models=models, output=str(out / "search")),
+                         resume=(out / "search").exists(), progress=progress)
+    return {"output": "search", "best": summary["best"], "equal weights": summary["equal weights"]}
+
+
 @maker("perturb")
 def _perturb(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     perturb_checkpoint(inputs["model"], out / "perturbed", overwrite=True, **spec)
@@ -150,6 +160,10 @@ def estimate(node: Node, seconds_per_step: float) -> float:
         return spec["steps"] * 0.45  # a ChibiT step, 16 x 256 tokens, 2 cores (measured)
     if node.kind == "mff":
         return len(node.deps) * spec["finetune"]["steps"] * seconds_per_step
+    if node.kind == "search":  # every trial rolls out every task; then the held-out report of two merges
+        steps = spec.get("max_steps") or 1000
+        per_episode = len(node.deps) * steps * 4e-4
+        return spec["trials"] * (2 + spec["episodes"] * per_episode) + 2 * spec["report_episodes"] * per_episode
     if node.kind == "fisher":
         return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.08
     return 1.0

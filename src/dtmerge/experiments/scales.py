@@ -31,6 +31,7 @@ class Scale:
     finetune_steps: int = 1000  # Merge-Freeze-Finetune: steps per task after the merge
     lm: dict = field(default_factory=dict)  # the language model pre-trained for Table III (PretrainConfig)
     lm_terms: dict = field(default_factory=dict)  # Eq. 5 settings its DTs train with (k-means centres, L_LM blocks)
+    search_trials: int = 20  # merges tried by a weight search (alignment experiment)
 
     def finetune_spec(self, seed: int) -> dict:
         steps = self.finetune_steps
@@ -46,7 +47,7 @@ class Scale:
 SCALES = {
     "smoke": Scale("smoke", transitions=2000, steps=20, warmup_steps=5, batch_size=8,
                    model={"n_embd": 32, "n_layer": 2, "n_head": 2, "context_len": 10}, episodes=2, max_steps=40,
-                   seeds=1, precision="fp32", finetune_steps=10,
+                   seeds=1, precision="fp32", finetune_steps=10, search_trials=3,
                    lm={"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "seq_len": 32, "batch_size": 4,
                        "steps": 10, "warmup_steps": 2, "vocab_size": 300, "tokenizer": "bpe", "precision": "fp32"},
                    lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}),
@@ -55,7 +56,7 @@ SCALES = {
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
                   finetune_steps=300),
     "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
-                   seeds=2, finetune_steps=10_000, lm={"steps": 20_000, "tokenizer": "bpe"}),
+                   seeds=2, finetune_steps=10_000, search_trials=50, lm={"steps": 20_000, "tokenizer": "bpe"}),
 }
 
 REPORT_EVAL_SEED = 10_000  # reported episodes start at this reset seed; selection episodes stay below it

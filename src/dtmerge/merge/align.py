@@ -118,16 +118,18 @@ def axis_index(axis: str, perms: Perms, n_head: int) -> np.ndarray:
     return np.concatenate([heads[h] * d + within[h * d:(h + 1) * d] for h in range(n_head)])
 
 
-def permute(state: dict[str, torch.Tensor], cfg: DTConfig, perms: Perms, skip: str | None = None) -> dict:
-    """An attention-split state dict with every axis permuted (all but axis `skip`)."""
+def permute_tensor(t: torch.Tensor, axes: tuple, perms: Perms, n_head: int, skip: str | None = None):
+    """One tensor with each of its permuted axes (but `skip`) reordered."""
+    for dim, axis in enumerate(axes):
+        if axis is not None and axis != skip:
+            t = t.index_select(dim, torch.from_numpy(axis_index(axis, perms, n_head)))
+    return t
+
+
+def permute(state: dict[str, torch.Tensor], cfg: DTConfig, perms: Perms) -> dict:
+    """An attention-split state dict with every axis permuted."""
     spec = permutation_spec(cfg)
-    out = {}
-    for name, t in state.items():
-        for dim, axis in enumerate(spec[name]):
-            if axis is not None and axis != skip:
-                t = t.index_select(dim, torch.from_numpy(axis_index(axis, perms, cfg.n_head)))
-        out[name] = t
-    return out
+    return {name: permute_tensor(t, spec[name], perms, cfg.n_head) for name, t in state.items()}
 
 
 def apply_permutation(state: dict[str, torch.Tensor], cfg: DTConfig, perms: Perms) -> dict[str, torch.Tensor]:
@@ -182,14 +184,16 @@ def weight_matching(target: dict, source: dict, cfg: DTConfig, seed: int = 0, ma
 
     def similarity_given(current: Perms):
         def similarity(axis: str) -> np.ndarray:
-            moved = permute(b, cfg, current, skip=axis)
+            """sum over the tensors with this axis of <target's unit k, source's unit j>, the source's
+            other axes already permuted."""
             total = 0.0
             for name, axes in spec.items():
-                for dim, ax in enumerate(axes):
-                    if ax == axis and name in a:
-                        wa = a[name].movedim(dim, 0).reshape(a[name].shape[dim], -1)
-                        wb = moved[name].movedim(dim, 0).reshape(moved[name].shape[dim], -1)
-                        total = total + wa @ wb.T
+                if name not in a or axis not in axes:
+                    continue
+                dim = axes.index(axis)
+                wb = permute_tensor(b[name], axes, current, cfg.n_head, skip=axis)
+                total = total + (a[name].movedim(dim, 0).reshape(a[name].shape[dim], -1)
+                                 @ wb.movedim(dim, 0).reshape(wb.shape[dim], -1).T)
             return np.asarray(total)
         return similarity
 

@@ -60,6 +60,7 @@ class SearchConfig(BaseModel):
     sampler: Literal["tpe", "cmaes"] = "tpe"
     seed: int = 0
     max_steps: int | None = Field(None, gt=0, description="cap on episode length (quick checks only)")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="of the rollouts")
     output: str
 
 
@@ -122,14 +123,16 @@ class Merger:
         return {n: average([s[n] for s in self.states], weights=w) for unit, w in weights.items()
                 for n in self.units[unit]}
 
-    def scores(self, weights: dict[str, list[float]], episodes: int, seed: int, max_steps: int | None) -> dict:
+    def evaluate(self, weights: dict[str, list[float]], episodes: int, seed: int, max_steps: int | None,
+                 precision: str) -> dict:
+        """Each task's (mean score, mean return) with these weights, at the task's first RTG target."""
         shared = self.merged(weights)
         out = {}
         for model, state, meta in zip(self.models, self.states, self.metas):
             model.load_state_dict({**state, **shared})
             r = evaluate(model, get_task(meta["task"]), meta["state_mean"], meta["state_std"], meta["rtg_targets"][:1],
-                         episodes, seed, meta["rtg_scale"], "cpu", progress=False, max_steps=max_steps)
-            out[meta["task"]] = r["targets"][0]["score_mean"]
+                         episodes, seed, meta["rtg_scale"], "cpu", precision, progress=False, max_steps=max_steps)
+            out[meta["task"]] = (r["targets"][0]["score_mean"], r["targets"][0]["return_mean"])
         return out
 
 
@@ -177,7 +180,8 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -
     def objective(trial: optuna.Trial) -> float:
         names = (["alpha"] if n == 2 else [f"w{i}" for i in range(n)])
         params = {f"{unit}/{x}": trial.suggest_float(f"{unit}/{x}", 0.0, 1.0) for unit in merger.units for x in names}
-        scores = merger.scores(weights_of(params, merger.units, n), cfg.episodes, 0, cfg.max_steps)
+        result = merger.evaluate(weights_of(params, merger.units, n), cfg.episodes, 0, cfg.max_steps, cfg.precision)
+        scores = {t: score for t, (score, _) in result.items()}
         trial.set_user_attr("scores", scores)
         return float(np.mean(list(scores.values())))
 
@@ -201,10 +205,11 @@ def report(cfg: SearchConfig, study: optuna.Study, merger: Merger, out: Path) ->
     held = {}
     for name, trial in (("best", best), ("equal weights", equal)):
         w = weights_of(trial.params, merger.units, n)
-        scores = merger.scores(w, cfg.report_episodes, HELD_OUT_SEED, cfg.max_steps)
+        result = merger.evaluate(w, cfg.report_episodes, HELD_OUT_SEED, cfg.max_steps, cfg.precision)
+        scores = {t: score for t, (score, _) in result.items()}
         held[name] = {"weights": w, "selection": trial.user_attrs["scores"], "selection_mean": trial.value,
                       "held_out": scores, "held_out_mean": float(np.mean(list(scores.values()))),
-                      "trial": trial.number}
+                      "held_out_return": {t: ret for t, (_, ret) in result.items()}, "trial": trial.number}
     shared = merger.merged(held["best"]["weights"])
     per_task = {t: (m, {k: v for k, v in s.items() if k not in shared})
                 for t, m, s in zip(merger.tasks, merger.metas, merger.states)}
