@@ -222,7 +222,7 @@ def activations(model: DecisionTransformer, batch: dict, keep: torch.Tensor) -> 
     def record(name, fn=lambda out: out):
         def hook(module, inputs, out):
             units = fn(out)
-            feats.setdefault(name, []).append(units.reshape(-1, units.shape[-1])[keep].double())
+            feats.setdefault(name, []).append(units.reshape(-1, units.shape[-1])[keep].float())
         return hook
 
     hooks.append(model.embed_ln.register_forward_hook(record("res")))
@@ -251,7 +251,8 @@ class Correlation:
         self.n, self.sums = 0, None
 
     def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        terms = (a.sum(0), b.sum(0), a.pow(2).sum(0), b.pow(2).sum(0), a.T @ b)
+        """One batch of paired samples (float32 products, float64 running sums)."""
+        terms = tuple(t.double() for t in (a.sum(0), b.sum(0), a.pow(2).sum(0), b.pow(2).sum(0), a.T @ b))
         self.sums = terms if self.sums is None else tuple(s + t for s, t in zip(self.sums, terms))
         self.n += len(a)
 
