@@ -415,7 +415,7 @@ def fisher_missing(ws):
 
 # --- config files -----------------------------------------------------------------------------------
 
-@case("merge.yaml: a merge config must be a mapping")
+@case("merge.yaml: a merge config must be a mapping of option: value")
 def config_merge_not_mapping(ws):
     (ws / "merge.yaml").write_text("- hopper\n- walker2d\n")
     return ["merge", "merge.yaml"]

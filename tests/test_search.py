@@ -1,6 +1,7 @@
 """dtmerge search at smoke size: optuna over merge weights, held-out report, and a stopped study resumed."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -8,8 +9,11 @@ from click.testing import CliRunner
 
 from dtmerge.cli import main
 from dtmerge.merge import search
-from dtmerge.merge.search import SearchConfig, merge_units, run_search
+from dtmerge.merge.engine import load_merge_config
+from dtmerge.merge.mff import MFFConfig
+from dtmerge.merge.search import SearchConfig, load_search_config, merge_units, run_search
 from dtmerge.model import DTConfig
+from dtmerge.validate import read_yaml_mapping
 
 
 def _config(tmp_path, task_models, **extra) -> dict:
@@ -68,3 +72,11 @@ def test_units_per_group_and_per_layer():
     assert list(layer) == ["h.0.attn", "h.1.attn"]
     with pytest.raises(search.SearchError, match="disjoint"):
         merge_units(SearchConfig(models=["a", "b"], select=["attn", "h.0"], output="x"), cfg)
+
+
+def test_every_shipped_config_is_valid():
+    """configs/*.yaml parse as the configs they are for (paths in them need not exist)."""
+    root = Path(__file__).resolve().parent.parent / "configs"
+    assert load_search_config(root / "search.yaml").align == "weights"
+    assert load_merge_config(root / "merge-attention-swap.yaml").select
+    assert MFFConfig(**read_yaml_mapping(root / "mff-fisher.yaml")).merge.method == "fisher"

@@ -6,14 +6,12 @@ descriptions), so every option is declared once; `build_config` layers defaults 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import get_args, get_origin
 
 import click
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from dtmerge.validate import one_line
+from dtmerge.validate import one_line, read_yaml_mapping
 
 
 def _flag(name: str) -> str:
@@ -62,15 +60,7 @@ def pydantic_options(model: type[BaseModel], nested: tuple[str, ...] = (), skip:
 def build_config(model: type[BaseModel], config_file: str | None, flags: dict,
                  nested: tuple[str, ...] = ()) -> BaseModel:
     """Defaults < YAML file < flags that were given; errors name the file and the field."""
-    data: dict = {}
-    if config_file:
-        path = Path(config_file)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise click.UsageError(f"{path}: cannot read YAML config ({type(e).__name__})") from None
-        if not isinstance(data, dict):
-            raise click.UsageError(f"{path}: a config file must be a mapping of option: value")
+    data = read_yaml_mapping(config_file, "config file", click.UsageError) if config_file else {}
     for name in nested:
         data.setdefault(name, {})
     for key, value in flags.items():

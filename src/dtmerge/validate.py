@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dtmerge.errors import DtmergeError
@@ -59,3 +60,15 @@ def read_validated(file, schema: type[M], error: type[Exception] = DtmergeError)
         return schema.model_validate_json(text, strict=True)
     except ValidationError as e:
         raise error(f"{file}: {one_line(e)}") from None
+
+
+def read_yaml_mapping(file, what: str = "config", error: type[Exception] = DtmergeError) -> dict:
+    """A YAML config file's top-level mapping (empty file: {}); anything else raises `error`."""
+    file = Path(file)
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise error(f"{file}: cannot read YAML config ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise error(f"{file}: a {what} must be a mapping of option: value")
+    return data

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from safetensors import safe_open
 
@@ -29,7 +28,7 @@ from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
 from dtmerge.store.bundle import write_bundle
 from dtmerge.store.checkpoint import carried_meta, load_checkpoint, read_meta, save_checkpoint, trunk_sha256
-from dtmerge.validate import one_line
+from dtmerge.validate import one_line, read_yaml_mapping
 
 TRUNK_FIELDS = ("n_embd", "n_layer", "n_head", "n_inner", "activation")
 
@@ -221,13 +220,7 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
 
 def load_merge_config(path, overrides: dict | None = None) -> MergeConfig:
     """A merge config from YAML, with `overrides` (flags) on top; errors name the file and field."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise MergeError(f"{path}: cannot read YAML ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise MergeError(f"{path}: a merge config must be a mapping")
+    data = read_yaml_mapping(path, "merge config", MergeError)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return MergeConfig(**data)

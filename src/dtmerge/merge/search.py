@@ -21,7 +21,6 @@ from typing import Literal
 import numpy as np
 import optuna
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
@@ -36,7 +35,7 @@ from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
 from dtmerge.store.bundle import write_bundle
 from dtmerge.store.checkpoint import load_checkpoint
-from dtmerge.validate import one_line
+from dtmerge.validate import one_line, read_yaml_mapping
 
 HELD_OUT_SEED = 10_000  # reported episodes start here; selection episodes stay below it
 
@@ -65,13 +64,7 @@ class SearchConfig(BaseModel):
 
 
 def load_search_config(path) -> SearchConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SearchError(f"{path}: cannot read YAML ({type(e).__name__})") from None
-    if not isinstance(data, dict):
-        raise SearchError(f"{path}: a search config must be a mapping")
+    data = read_yaml_mapping(path, "search config", SearchError)
     try:
         return SearchConfig(**data)
     except ValidationError as e:
