@@ -116,9 +116,10 @@ def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):
 
 
 def test_the_searchs_equal_weight_merge_is_the_plain_average(smoke_run):
-    """The search's first trial and the pipeline's 3-way average are one merge, evaluated alike."""
+    """The search's first trial and the pipeline's 3-way average are one merge, evaluated alike
+    (up to float rounding between processes with other thread counts, which rollouts amplify)."""
     root, _ = smoke_run
     rows = json.loads((root / "out" / "alignment" / "results.json").read_text())["rows"]
     for align in ("none", "weights"):
         assert rows[f"searched weights attn+mlp, all three (equal weights)|{align}"]["values"] == \
-            rows[f"average attn+mlp, all three|{align}"]["values"]
+            pytest.approx(rows[f"average attn+mlp, all three|{align}"]["values"], rel=1e-3)
