@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/merge_scale.py
 	$(PY) benchmarks/lm_cost.py
 	$(PY) benchmarks/executor_speed.py
+	$(PY) benchmarks/align_speed.py
+	$(PY) benchmarks/mini_cost.py
 
 clean:
 	rm -rf $(VENV) demo-out

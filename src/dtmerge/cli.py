@@ -178,12 +178,13 @@ def merge_cmd(config_file, models, target, select, method, params, base, fmt, ou
               help="windows of each model's data (activations)")
 @click.option("--seed", default=0, show_default=True, help="order of the weight-matching passes; the window sampler")
 @overwrite_option
-def align_cmd(target, source, out, method, windows, seed, overwrite):
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def align_cmd(target, source, out, method, windows, seed, overwrite, quiet):
     """Write SOURCE with its hidden units permuted into TARGET's order (re-basin) as a checkpoint at
     OUT: it acts exactly as SOURCE does, but merges unit by unit with TARGET."""
     from dtmerge.merge.align import align_checkpoint
 
-    click.echo(align_checkpoint(target, source, out, method, windows, seed, overwrite))
+    click.echo(align_checkpoint(target, source, out, method, windows, seed, overwrite, progress=not quiet))
 
 
 @main.command("search")

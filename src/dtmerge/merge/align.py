@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from tqdm.auto import tqdm
 
 from dtmerge.data import WindowSampler, dataset_files, load_dataset
 from dtmerge.errors import DtmergeError
@@ -173,7 +174,8 @@ def solve(group: str, similarity, cfg: DTConfig) -> Perms:
 
 # --- weight matching -----------------------------------------------------------------------------
 
-def weight_matching(target: dict, source: dict, cfg: DTConfig, seed: int = 0, max_passes: int = 100) -> Perms:
+def weight_matching(target: dict, source: dict, cfg: DTConfig, seed: int = 0, max_passes: int = 100,
+                    progress: bool = False) -> Perms:
     """Permutations of `source` (a state dict) that maximise its inner product with `target`'s trunk."""
     spec = permutation_spec(cfg)
     trunk = lambda s: {k: v.double() for k, v in split_attention(s, cfg.n_layer).items()  # noqa: E731
@@ -197,7 +199,8 @@ def weight_matching(target: dict, source: dict, cfg: DTConfig, seed: int = 0, ma
             return np.asarray(total)
         return similarity
 
-    for _ in range(max_passes):
+    for _ in tqdm(range(max_passes), desc="weight matching (passes; stops when one changes nothing)",
+                  disable=not progress):
         changed = False
         for group in rng.permutation(groups(cfg)):
             new = solve(str(group), similarity_given(perms), cfg)
@@ -262,11 +265,12 @@ class Correlation:
         return ((sab - sa[:, None] * sb[None, :]) / (sd_a[:, None] * sd_b[None, :] + 1e-12)).numpy()
 
 
-def activation_matching(target: DecisionTransformer, source: DecisionTransformer, batches) -> Perms:
+def activation_matching(target: DecisionTransformer, source: DecisionTransformer, batches,
+                        progress: bool = False) -> Perms:
     """Permutations of `source` maximising the correlation of its units with `target`'s; `batches`
     yields (target's windows, source's windows) pairs, each model's from its own data."""
     stats: dict[str, Correlation] = {}
-    for target_batch, source_batch in batches:
+    for target_batch, source_batch in tqdm(batches, desc="activation matching (batches)", disable=not progress):
         both = target_batch["mask"] & source_batch["mask"]  # tokens real in both windows: the paired samples
         fa, fb = activations(target, target_batch, both), activations(source, source_batch, both)
         for axis in fa:
@@ -296,7 +300,8 @@ def own_windows(model: DecisionTransformer, meta: dict, windows: int, seed: int,
         yield sampler.sample(min(batch_size, windows - start))
 
 
-def find_permutations(target, source, method: str = "weights", windows: int = 2048, seed: int = 0):
+def find_permutations(target, source, method: str = "weights", windows: int = 2048, seed: int = 0,
+                      progress: bool = False):
     """Load two checkpoints and the permutations aligning `source` to `target`: (perms, source model,
     its metadata)."""
     if method not in ALIGN_METHODS:
@@ -308,15 +313,15 @@ def find_permutations(target, source, method: str = "weights", windows: int = 20
         raise AlignError(f"{source}: its trunk differs from {target}'s in {', '.join(diff)}; only same-shaped "
                          "trunks can be aligned")
     if method == "weights":
-        perms = weight_matching(t_model.state_dict(), s_model.state_dict(), t_model.config, seed)
+        perms = weight_matching(t_model.state_dict(), s_model.state_dict(), t_model.config, seed, progress=progress)
     else:
         pairs = zip(own_windows(t_model, t_meta, windows, seed), own_windows(s_model, s_meta, windows, seed))
-        perms = activation_matching(t_model, s_model, pairs)
+        perms = activation_matching(t_model, s_model, pairs, progress)
     return perms, s_model, s_meta
 
 
 def align_checkpoint(target, source, out, method: str = "weights", windows: int = 2048, seed: int = 0,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, progress: bool = False) -> Path:
     """Write `source` permuted into `target`'s basis as an ordinary checkpoint at `out` (it computes
     exactly what `source` computes); a Fisher beside `source` is permuted along."""
     source, out = Path(source), Path(out)
@@ -326,7 +331,7 @@ def align_checkpoint(target, source, out, method: str = "weights", windows: int 
     extra = [source / "fisher.safetensors", source / "fisher.json"] if (source / "fisher.json").exists() else []
     data = [] if method == "weights" else [f for p in (target, source) for f in _dataset_files(p)]
     claim_outputs([out], [target, source, *extra, *data], overwrite)
-    perms, model, meta = find_permutations(target, source, method, windows, seed)
+    perms, model, meta = find_permutations(target, source, method, windows, seed, progress)
     cfg = model.config
     model.load_state_dict(apply_permutation(model.state_dict(), cfg, perms))
     record = {"target": str(target), "method": method, "seed": seed, **({"windows": windows} if data else {})}
