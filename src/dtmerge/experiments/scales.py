@@ -1,7 +1,8 @@
 """How big each scale runs. `smoke` checks the pipeline end to end in the test suite; `mini` is
 sized so the whole suite fits a 2-core machine in about 8 hours; `paper` uses the paper's settings
 and is meant for a GPU or a cluster. `demo` trains the models `dtmerge demo` trains (its seed 0 is the
-demo's run), for looking into the demo with the pipeline's tools.
+demo's run: the same weights given the same threads per process), for looking into the demo with
+the pipeline's tools.
 
 mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20, bf16) costs ~0.075 s on 2 cores, so
 5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
