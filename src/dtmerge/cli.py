@@ -119,7 +119,8 @@ def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, 
 @main.command("demo")
 @click.option("--out", default="demo-out", help="output directory (runs, results.json, results.md)")
 @click.option("--steps", default=600, help="DT training steps per task")
-@click.option("--finetune-steps", default=300, help="MFF finetuning steps per task")
+@click.option("--finetune-steps", default=1200,
+              help="MFF finetuning steps per task (`experiment run mff-steps --scale demo`: what fewer give)")
 @click.option("--transitions", default=50_000, help="size of each task's medium dataset")
 @click.option("--episodes", default=10, help="evaluation episodes per task and model")
 @click.option("--seed", default=0, help="seed for data, training and evaluation")

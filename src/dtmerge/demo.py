@@ -21,7 +21,7 @@ from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
 
 
-def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 300, transitions: int = 50_000,
+def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 1200, transitions: int = 50_000,
              episodes: int = 10, seed: int = 0, resume: bool = False, overwrite: bool = False,
              progress: bool = True) -> dict:
     """Run the demo into `out`; `resume` continues (and reuses) a stopped or finished demo there."""
