@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from dtmerge.cli import main
-from dtmerge.experiments import EXPERIMENTS
+from dtmerge.experiments import EXPERIMENTS, common
 from dtmerge.experiments.runner import all_nodes
 from dtmerge.experiments.scales import SCALES
 from dtmerge.experiments.store import Node, Store
@@ -89,6 +89,21 @@ def test_keys_follow_every_setting():
     assert a.key == Node("dt", {"seed": 0, "steps": 10}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 1}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 0}, {"data": Node("dataset", {"task": "walker2d"})}).key
+
+
+def test_a_difference_inside_two_standard_errors_is_within_noise():
+    def cells(row, per_task_seed_values):
+        return {f"{row}|{t}": common.summarise(v) for t, v in zip(("hopper", "halfcheetah", "walker2d"),
+                                                                   per_task_seed_values)}
+    base = cells("direct", [[10, 20], [30, 40], [50, 60]])
+    clear = common.paired_difference({**base, **cells("fisher", [[13, 23], [33, 43], [53, 63]])}, "fisher", "direct")
+    assert clear == {"mean": 3.0, "se": 0.0, "values": [3.0, 3.0]}
+    assert common.beats(clear) is True
+    noisy = common.paired_difference({**base, **cells("fisher", [[13, 17], [30, 40], [50, 60]])}, "fisher", "direct")
+    assert noisy["values"] == [1.0, -1.0] and common.beats(noisy) is None
+    worse = common.paired_difference({**base, **cells("fisher", [[0, 11], [30, 40], [50, 60]])}, "fisher", "direct")
+    assert common.beats(worse) is False  # -10/3 and -3 per seed: below minus two s.e.
+    assert common.finding("c", "o", None, "r")["verdict"] == "within noise"
 
 
 def test_report_again_and_resume_rules(smoke_run):

@@ -92,6 +92,27 @@ def figure(out: Path, draw) -> Path:
     return out
 
 
-def finding(claim: str, ours: str, agrees: bool, rule: str) -> dict:
-    """One line of REPORT.md: the paper's claim, what our run measured, and the rule that judged it."""
-    return {"claim": claim, "ours": ours, "verdict": "agrees" if agrees else "disagrees", "rule": rule}
+def finding(claim: str, ours: str, agrees: bool | None, rule: str) -> dict:
+    """One line of REPORT.md: the paper's claim, what our run measured, and the rule that judged it
+    (`agrees=None`: the measured difference is within the seeds' noise)."""
+    verdict = {True: "agrees", False: "disagrees", None: "within noise"}[agrees]
+    return {"claim": claim, "ours": ours, "verdict": verdict, "rule": rule}
+
+
+def paired_difference(cells: dict, better: str, worse: str) -> dict:
+    """Task-average score of row `better` minus row `worse`, seed by seed (both rows come from the
+    same seeds' models), summarised; the finding's noise band."""
+    per_seed = [np.mean([cells[f"{better}|{t}"]["values"][s] - cells[f"{worse}|{t}"]["values"][s] for t in TASKS])
+                for s in range(len(cells[f"{better}|{next(iter(TASKS))}"]["values"]))]
+    return summarise(per_seed)
+
+
+def beats(diff: dict) -> bool | None:
+    """True if a paired difference is above two standard errors, False if below minus two, None between
+    (a single seed has no noise estimate, so its sign decides)."""
+    if abs(diff["mean"]) <= 2 * diff["se"]:
+        return None
+    return diff["mean"] > 0
+
+
+BEATS_RULE = "agrees if the per-seed difference of task averages is above 2 s.e., within noise if inside ±2 s.e."

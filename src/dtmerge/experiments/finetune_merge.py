@@ -71,6 +71,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
     avg = {r: common.task_average(cells, r) for r in ("Direct Merge", "Fisher Merge")}
+    diff = common.paired_difference(cells, "Fisher Merge", "Direct Merge")
     return [common.finding("Finetune-then-merge with Fisher weights beats a direct merge (Table V).",
-                           f"average score: Fisher {avg['Fisher Merge']:.1f}, direct {avg['Direct Merge']:.1f}",
-                           avg["Fisher Merge"] > avg["Direct Merge"], "agrees if Fisher's average is higher")]
+                           f"average score: Fisher {avg['Fisher Merge']:.1f}, direct {avg['Direct Merge']:.1f}; "
+                           f"Fisher - direct {diff['mean']:+.1f} ± {diff['se']:.1f} over seeds",
+                           common.beats(diff), common.BEATS_RULE)]

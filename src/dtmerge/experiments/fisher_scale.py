@@ -74,6 +74,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
     avg = {m: common.task_average(cells, m) for m in ("Direct", "Fisher")}
+    diff = common.paired_difference(cells, "Fisher", "Direct")
     return [common.finding("Fisher merging beats direct averaging in MFF (Table IV).",
-                           f"average score after MFF: Fisher {avg['Fisher']:.1f}, direct {avg['Direct']:.1f}",
-                           avg["Fisher"] > avg["Direct"], "agrees if Fisher's average is higher")]
+                           f"average score after MFF: Fisher {avg['Fisher']:.1f}, direct {avg['Direct']:.1f}; "
+                           f"Fisher - direct {diff['mean']:+.1f} ± {diff['se']:.1f} over seeds",
+                           common.beats(diff), common.BEATS_RULE)]
