@@ -671,5 +671,19 @@ def existing_align_out(ws):
     return ["align", "hopper", "walker2d", "existing.json"]
 
 
+@case("study.log: line 2 is not an optuna journal entry")
+def search_resumed_from_a_damaged_study(ws):
+    from dtmerge.atomic import write_json
+    from dtmerge.merge.search import load_search_config
+
+    (ws / "search.yaml").write_text("models: [hopper, walker2d]\ntrials: 2\nepisodes: 1\nmax_steps: 5\n"
+                                    "output: searched\n")
+    (ws / "searched").mkdir()
+    write_json(ws / "searched" / "search.json", load_search_config(ws / "search.yaml").model_dump())
+    (ws / "searched" / "study.log").write_text('{"op_code": 0, "worker_id": "x", "study_name": "dtmerge-search", '
+                                               '"directions": [1]}\nnot json\n')
+    return ["search", "search.yaml", "--resume", "--quiet"]
+
+
 def test_enough_hostile_inputs():
     assert len(CASES) >= 40, len(CASES)

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from dtmerge.cli import main
 from dtmerge.experiments import EXPERIMENTS, common
+from dtmerge.experiments import store as store_module
 from dtmerge.experiments.runner import all_nodes
 from dtmerge.experiments.scales import SCALES
 from dtmerge.experiments.store import Node, Store
@@ -89,6 +90,13 @@ def test_keys_follow_every_setting():
     assert a.key == Node("dt", {"seed": 0, "steps": 10}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 1}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 0}, {"data": Node("dataset", {"task": "walker2d"})}).key
+
+
+def test_a_revised_kind_gets_new_keys_and_no_other_does(monkeypatch):
+    search, dt = Node("search", {"trials": 3}), Node("dt", {"steps": 10})
+    before = search.key, dt.key
+    monkeypatch.setitem(store_module.REVISIONS, "search", store_module.REVISIONS["search"] + 1)
+    assert Node("search", {"trials": 3}).key != before[0] and Node("dt", {"steps": 10}).key == before[1]
 
 
 def test_a_difference_inside_two_standard_errors_is_within_noise():

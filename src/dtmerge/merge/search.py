@@ -2,11 +2,12 @@
 
 The paper merges with alpha 0.5 or 1 and equal model weights. Here every merged unit (each
 selected group, or each block's part with `granularity: layer`) gets its own weights over the
-models, chosen by optuna (TPE or CMA-ES) to maximise the mean D4RL-normalised score over the
-tasks. Selection episodes use reset seeds 0, 1, ...; the best and the equal-weight merges are then
-reported on held-out episodes from seed 10,000, so the reported score was never optimised. The
-first trial is the equal-weight merge (the paper's average), so the search starts from it. The
-study is an optuna journal in the output directory: a stopped search continues from it.
+models, chosen by optuna's TPE or by CMA-ES (the `cmaes` library) to maximise the mean
+D4RL-normalised score over the tasks. Selection episodes use reset seeds 0, 1, ...; the best and
+the equal-weight merges are then reported on held-out episodes from seed 10,000, so the reported
+score was never optimised. The first trial is the equal-weight merge (the paper's average), so the
+search starts from it. The study is an optuna journal in the output directory: a stopped search
+continues from it, and proposes what it would have unstopped.
 
 Output directory: study.log (the journal), search.json (the config), best/ (the best merge as a
 bundle), results.json and results.md (weights, selection and held-out scores), history.png.
@@ -21,6 +22,7 @@ from typing import Literal
 import numpy as np
 import optuna
 import torch
+from cmaes import CMA
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
@@ -56,7 +58,7 @@ class SearchConfig(BaseModel):
     episodes: int = Field(5, gt=0, description="selection episodes per task and trial (reset seeds 0, 1, ...)")
     report_episodes: int = Field(10, gt=0, description="held-out episodes per task for the best and the "
                                                         "equal-weight merge (reset seeds from 10,000)")
-    sampler: Literal["tpe", "cmaes"] = "tpe"
+    sampler: Literal["tpe", "cmaes"] = Field("tpe", description="optuna's TPE, or CMA-ES started at equal weights")
     seed: int = 0
     max_steps: int | None = Field(None, gt=0, description="cap on episode length (quick checks only)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="of the rollouts")
@@ -105,7 +107,7 @@ class Merger:
         self.models = [m.eval() for m, _ in loaded]
         if cfg.align:
             for i, path in enumerate(cfg.models[1:], 1):
-                perms, _, _ = find_permutations(cfg.models[0], path, cfg.align, seed=cfg.seed)
+                perms, _, _ = find_permutations(cfg.models[0], path, cfg.align)  # as `merge` aligns
                 self.models[i].load_state_dict(apply_permutation(self.models[i].state_dict(),
                                                                  self.models[i].config, perms))
         self.states = [{k: v.clone() for k, v in m.state_dict().items()} for m in self.models]
@@ -149,7 +151,9 @@ def equal_params(units, n_models: int) -> dict:
 
 
 def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or with `resume`, continue) the search; a finished one is only reported again."""
+    """Run (or with `resume`, continue) the search; a finished one is only reported again. Every
+    proposal depends only on the seed and the finished trials, so a resumed search proposes what an
+    uninterrupted one would have."""
     out = Path(cfg.output)
     claim_outputs([out], cfg.models, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,29 +164,86 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -
     write_json(saved, cfg.model_dump())
     merger = Merger(cfg)
     n = len(cfg.models)
-    sampler = (optuna.samplers.TPESampler(seed=cfg.seed) if cfg.sampler == "tpe"
-               else optuna.samplers.CmaEsSampler(seed=cfg.seed))
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.log")))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="dtmerge-search", storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if equal_trial(study, merger.units, n) is None and not study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
-        study.enqueue_trial(equal_params(merger.units, n))  # the paper's average comes first
+    names = [f"{unit}/{x}" for unit in merger.units for x in (["alpha"] if n == 2 else [f"w{i}" for i in range(n)])]
+    distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}
+    log = out / "study.log"
+    study = open_study(log)
 
-    def objective(trial: optuna.Trial) -> float:
-        names = (["alpha"] if n == 2 else [f"w{i}" for i in range(n)])
-        params = {f"{unit}/{x}": trial.suggest_float(f"{unit}/{x}", 0.0, 1.0) for unit in merger.units for x in names}
+    def record(params: dict, trial: optuna.Trial | None = None) -> None:
         result = merger.evaluate(weights_of(params, merger.units, n), cfg.episodes, 0, cfg.max_steps, cfg.precision)
         scores = {t: score for t, (score, _) in result.items()}
-        trial.set_user_attr("scores", scores)
-        return float(np.mean(list(scores.values())))
+        value = float(np.mean(list(scores.values())))
+        if trial is None:  # a proposal made here, not by the sampler
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value,
+                                                      user_attrs={"scores": scores}))
+        else:
+            trial.set_user_attr("scores", scores)
+            study.tell(trial, value)
 
-    remaining = cfg.trials - len(done)
-    if remaining > 0:
-        with tqdm(total=remaining, desc="search trials", disable=not progress) as bar:
-            study.optimize(objective, n_trials=remaining, callbacks=[lambda s, t: bar.update(1)])
+    finished = completed_trials(study, names, log)
+    with tqdm(total=cfg.trials, initial=min(len(finished), cfg.trials), desc="search trials",
+              disable=not progress) as bar:
+        while len(finished) < cfg.trials:
+            if not finished:
+                record(equal_params(merger.units, n))  # the paper's average comes first
+            elif cfg.sampler == "cmaes":
+                record(cma_proposal(cfg.seed, finished[1:], names, log))
+            else:  # TPE seeded by the trial's index: its proposal depends on nothing a stop could lose
+                study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(finished))
+                trial = study.ask(distributions)
+                record(trial.params, trial)
+            finished = completed_trials(study, names, log)
+            bar.update(1)
     return report(cfg, study, merger, out)
+
+
+def open_study(log: Path) -> optuna.Study:
+    """The optuna journal in `log`, made if absent. Only JSON is read from it: no sampler here keeps
+    state in the study (optuna's own CMA-ES sampler stores its optimiser pickled there)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lines = log.read_bytes().split(b"\n")[:-1] if log.is_file() else []  # an unfinished last line optuna skips
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("op_code"), int):
+            raise SearchError(f"{log}: line {number} is not an optuna journal entry")
+    try:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
+        return optuna.create_study(study_name="dtmerge-search", storage=storage, direction="maximize",
+                                   load_if_exists=True)
+    except Exception as e:  # optuna raises many kinds on a damaged journal
+        raise SearchError(f"{log}: not a readable optuna journal of a dtmerge search "
+                          f"({type(e).__name__}: {e})") from None
+
+
+def completed_trials(study: optuna.Study, names: list[str], log: Path) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials in order, each checked to be a trial of this search."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    for t in trials:
+        if sorted(t.params) != sorted(names) or not np.isfinite(t.value) or not isinstance(t.user_attrs.get("scores"),
+                                                                                             dict):
+            raise SearchError(f"{log}: trial {t.number} is not a trial of this search (parameters "
+                              f"{sorted(t.params)[:3]}...)")
+    return trials
+
+
+def cma_proposal(seed: int, finished: list[optuna.trial.FrozenTrial], names: list[str], log: Path) -> dict:
+    """The next CMA-ES point (the cmaes library, started at the equal weights with sigma 1/6 as
+    optuna does), found by replaying the seeded optimiser through the finished trials."""
+    cma = CMA(mean=np.full(len(names), 0.5), sigma=1 / 6, bounds=np.array([[0.0, 1.0]] * len(names)), seed=seed)
+    generation = []
+    for trial in finished:
+        x = cma.ask()
+        if not np.allclose([trial.params[k] for k in names], x, rtol=0, atol=1e-9):
+            raise SearchError(f"{log}: trial {trial.number} is not the point CMA-ES proposes with seed {seed}; "
+                              "the study was made by another search")
+        generation.append((x, -trial.value))  # cmaes minimises
+        if len(generation) == cma.population_size:
+            cma.tell(generation)
+            generation = []
+    return dict(zip(names, map(float, cma.ask())))
 
 
 def equal_trial(study: optuna.Study, units, n_models: int):
