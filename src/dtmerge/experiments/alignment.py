@@ -110,6 +110,9 @@ def findings(summary: dict) -> list[dict]:
     best = max(("weights", "activations"), key=trunk.get)
     search = {a: rows[f"searched weights attn+mlp, all three (best)|{a}"]["mean"] for a in ("none", "weights")}
     equal = rows["searched weights attn+mlp, all three (equal weights)|none"]["mean"]
+    gain = common.summarise(b - e for b, e in zip(rows["searched weights attn+mlp, all three (best)|none"]["values"],
+                                                  rows["searched weights attn+mlp, all three (equal weights)|none"][
+                                                      "values"]))
     return [
         common.finding("Permutation alignment lets independently initialised DTs average their whole trunk "
                        "(the gap the paper attributes to random initialisation).",
@@ -121,5 +124,7 @@ def findings(summary: dict) -> list[dict]:
                        trunk[best] > trunk["none"], "agrees if the aligned average is higher"),
         common.finding("Searched merge weights beat equal weights on held-out episodes (attention + MLP, 3-way).",
                        f"held-out: searched {search['none']:.2f} (aligned: {search['weights']:.2f}), equal weights "
-                       f"{equal:.2f}", max(search.values()) > equal, "agrees if a searched merge is higher"),
+                       f"{equal:.2f}; searched - equal, unaligned, {gain['mean']:+.2f} ± {gain['se']:.2f}",
+                       common.beats(gain), "agrees if the difference, paired by task and seed, is above 2 s.e., "
+                       "within noise if inside ±2 s.e."),
     ]
