@@ -57,6 +57,24 @@ def test_the_plan_counts_shared_artifacts_once(smoke_run):
     assert sum(n.deps["data"].spec["level"] == "expert" for n in single) == 3 * scale.seeds
 
 
+def test_tables_three_and_four_share_their_own_mini_sizes():
+    """lm-init and fisher-scale train every model with the budget `sized` gives them, and share the
+    ChibiT_R DTs; the other experiments keep the scale's own sizes."""
+    mini = SCALES["mini"]
+    table3 = all_nodes(list(EXPERIMENTS["lm-init"].nodes(mini).values()))
+    table4 = all_nodes(list(EXPERIMENTS["fisher-scale"].nodes(mini).values()))
+    sized = mini.sized["lm-init"]
+    for node in table3 + table4:
+        if node.kind == "dt":
+            assert node.spec["steps"] == sized["steps"] != mini.steps
+        if node.kind == "mff":
+            assert node.spec["finetune"]["steps"] == sized["finetune_steps"] != mini.finetune_steps
+    chibit_r = {n.key for n in table3 if n.kind == "dt" and n.spec.get("preset") == "chibit-r"}
+    assert {n.key for n in table4 if n.kind == "dt"} <= chibit_r
+    assert all(n.spec["steps"] == mini.steps for n in all_nodes(list(EXPERIMENTS["per-layer"].nodes(mini).values()))
+               if n.kind == "dt")
+
+
 def test_a_second_run_makes_nothing_again(smoke_run):
     root, _ = smoke_run
     store = Store(root / "store")

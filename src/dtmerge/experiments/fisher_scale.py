@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dtmerge.envs import SCORE_LABEL, TASKS
-from dtmerge.experiments import common
+from dtmerge.experiments import common, lm_init
 from dtmerge.experiments.lm_init import lm_dt, mff
 from dtmerge.experiments.scales import Scale
 from dtmerge.experiments.store import Node
@@ -27,6 +27,7 @@ SKIPPED = {"GPT2_R": "needs GPT-2 small weights (not downloadable here) and a GP
 
 
 def nodes(scale: Scale) -> dict:
+    scale = scale.for_experiment(lm_init.NAME)
     out = {}
     for seed in range(scale.seeds):
         dts = {t: lm_dt(scale, t, LEVEL, "chibit-r", seed) for t in TASKS}
@@ -41,13 +42,15 @@ def nodes(scale: Scale) -> dict:
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
+    scale = scale.for_experiment(lm_init.NAME)
     cells = {}
     for name in ("initial", "Direct", "Fisher"):
         for t in TASKS:
             cells[f"{name}|{t}"] = common.seed_scores(results, f"{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score after MFF / before merging, mean over {scale.seeds} seed(s), "
-             f"{scale.episodes} episodes each (scale {scale.name}); the paper's Table IV in brackets. GPT2_R: "
+             f"{scale.episodes} episodes each (scale {scale.name}: DTs trained {scale.steps} steps, MFF "
+             f"{scale.finetune_steps} steps per task); the paper's Table IV in brackets. GPT2_R: "
              f"skipped, {SKIPPED['GPT2_R']}.", "", "| env | ChibiT_R direct | ChibiT_R Fisher |", "| --- | --- | --- |"]
     for i, t in enumerate(order):
         row = [f"{cells[f'{m}|{t}']['mean']:.1f} / {cells[f'initial|{t}']['mean']:.1f} "

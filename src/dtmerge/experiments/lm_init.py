@@ -59,6 +59,7 @@ def multi_task(scale: Scale, level: str, seed: int) -> Node:
 
 
 def nodes(scale: Scale) -> dict:
+    scale = scale.for_experiment(NAME)
     out = {}
     for seed in range(scale.seeds):
         for level in LEVELS:
@@ -74,6 +75,7 @@ def nodes(scale: Scale) -> dict:
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
+    scale = scale.for_experiment(NAME)
     cells = {}
     for level in LEVELS:
         for name in COLUMNS:
@@ -81,7 +83,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                 cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
-             f"episodes each (scale {scale.name}; LM pre-trained {scale.lm.get('steps')} steps on the Python "
+             f"episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained {scale.lm.get('steps')} steps on the Python "
              f"standard library's docstrings; MFF over attention + MLP of all three tasks, {scale.finetune_steps} "
              "finetuning steps); the paper's Table III in brackets.", "",
              "| dataset | env | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]

@@ -10,10 +10,19 @@ behaviour level. Merge-Freeze-Finetune gets 1,000 steps per task, 20% of trainin
 100,000, 10%), which keeps the whole mini suite near 8 hours on 2 cores.
 10 evaluation episodes per model (batched, ~4 s) give standard errors of a few points; 2 seeds per
 model, as the paper's minimum.
+
+Tables III and IV (`lm-init`, `fisher-scale`, which share their models) are sized down at mini:
+they train 52 DTs (36 from the language model, whose Eq. 5 terms make each step ~1.2-1.5x dearer)
+and 18 three-task MFFs, which at 5,000 steps and 1,000 MFF steps come to ~9 hours of one-worker
+compute on their own. At 1,000 training steps (warmup 100) and 300 MFF steps per task they take
+~3 hours (~1.6 h of wall clock with 2 workers); by 1,000 steps a DT has reached its medium data's
+level (the demo's DTs do by 600), not an expert's. Every model of the two tables gets the same
+budget, so their comparisons (LM init against Random, Fisher against direct) stay like for like.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -33,6 +42,11 @@ class Scale:
     lm: dict = field(default_factory=dict)  # the language model pre-trained for Table III (PretrainConfig)
     lm_terms: dict = field(default_factory=dict)  # Eq. 5 settings its DTs train with (k-means centres, L_LM blocks)
     search_trials: int = 20  # merges tried by a weight search (alignment experiment)
+    sized: dict = field(default_factory=dict)  # experiment name -> fields it overrides at this scale
+
+    def for_experiment(self, name: str) -> "Scale":
+        """This scale as experiment `name` runs it (its own sizes where `sized` gives them)."""
+        return dataclasses.replace(self, **self.sized.get(name, {}))
 
     def finetune_spec(self, seed: int) -> dict:
         steps = self.finetune_steps
@@ -53,7 +67,8 @@ SCALES = {
                        "steps": 10, "warmup_steps": 2, "vocab_size": 300, "tokenizer": "bpe", "precision": "fp32"},
                    lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}),
     "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2,
-                  lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2}),
+                  lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2},
+                  sized={"lm-init": {"steps": 1000, "warmup_steps": 100, "finetune_steps": 300}}),
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
                   finetune_steps=300),
     "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
