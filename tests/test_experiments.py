@@ -4,6 +4,7 @@ finished artifacts never made twice, reports written from the store."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -142,6 +143,25 @@ def test_report_again_and_resume_rules(smoke_run):
     r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--seeds", "2", "--out",
                                   str(root / "out"), "--store", str(root / "store"), "--resume"])
     assert r.exit_code == 1 and "resume it with the same --scale and --seeds" in r.stderr
+
+
+def test_a_report_whose_store_is_gone_keeps_its_results(smoke_run, tmp_path):
+    """REPORT.md is rebuilt from the reports' results.json when the store no longer holds their
+    results; a results.json of another scale is refused, naming the file."""
+    root, _ = smoke_run
+    out = tmp_path / "copy"
+    shutil.copytree(root / "out", out)
+    saved = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**saved, "store": str(tmp_path / "empty-store")}))
+    (out / "REPORT.md").unlink()
+    r = CliRunner().invoke(main, ["experiment", "report", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "per-layer: " in r.output and "not in the store" in r.output
+    assert (out / "REPORT.md").read_text() == (root / "out" / "REPORT.md").read_text()
+    results = out / "incremental" / "results.json"
+    results.write_text(json.dumps({**json.loads(results.read_text()), "scale": "mini"}))
+    r = CliRunner().invoke(main, ["experiment", "report", str(out)])
+    assert r.exit_code == 1 and f"{results}: holds 'incremental' at scale 'mini'" in r.stderr
 
 
 def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):

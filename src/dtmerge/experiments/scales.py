@@ -4,7 +4,7 @@ and is meant for a GPU or a cluster. `demo` trains the models `dtmerge demo` tra
 demo's run: the same weights given the same threads per process), for looking into the demo with
 the pipeline's tools.
 
-mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20, bf16) costs ~0.075 s on 2 cores, so
+mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.075 s on 2 cores with native bf16, so
 5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
 behaviour level. Merge-Freeze-Finetune gets 1,000 steps per task, 20% of training (the paper: 10,000 of
 100,000, 10%), which keeps the whole mini suite near 8 hours on 2 cores.
@@ -12,12 +12,13 @@ behaviour level. Merge-Freeze-Finetune gets 1,000 steps per task, 20% of trainin
 model, as the paper's minimum.
 
 Tables III and IV (`lm-init`, `fisher-scale`, which share their models) are sized down at mini:
-they train 52 DTs (36 from the language model, whose Eq. 5 terms make each step ~1.2-1.5x dearer)
-and 18 three-task MFFs, which at 5,000 steps and 1,000 MFF steps come to ~9 hours of one-worker
-compute on their own. At 1,000 training steps (warmup 100) and 300 MFF steps per task they take
-~3 hours (~1.6 h of wall clock with 2 workers); by 1,000 steps a DT has reached its medium data's
-level (the demo's DTs do by 600), not an expert's. Every model of the two tables gets the same
-budget, so their comparisons (LM init against Random, Fisher against direct) stay like for like.
+they train 52 DTs (36 from the language model, whose Eq. 5 terms make each step dearer) and 18
+three-task MFFs. On a 2-core machine without native bf16 (AVX2 only: fp32, ~0.25 s a step per
+one-thread worker) 5,000 steps and 1,000 MFF steps would take ~20 hours of one-worker compute for
+these two tables alone. At 500 training steps (warmup 50) and 200 MFF steps per task they take
+~3 hours (~1.6 h of wall clock with 2 workers): the DTs reach roughly their medium data's level
+(the demo's do by 600 steps), not an expert's. Every model of the two tables gets the same budget,
+so their comparisons (LM init against Random, Fisher against direct) stay like for like.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ SCALES = {
                    lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}),
     "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2,
                   lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2},
-                  sized={"lm-init": {"steps": 1000, "warmup_steps": 100, "finetune_steps": 300}}),
+                  sized={"lm-init": {"steps": 500, "warmup_steps": 50, "finetune_steps": 200}}),
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
                   finetune_steps=300),
     "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from dtmerge.atomic import atomic_path, write_json
+from dtmerge.atomic import atomic_path, read_json, write_json
 from dtmerge.data.make import data_home
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments import EXPERIMENTS, runner
@@ -53,7 +53,9 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
 
 
 def report(out, echo=print) -> dict:
-    """Write each experiment's report from the store's results; returns their summaries."""
+    """Write each experiment's report from the store's results, then REPORT.md from every report's
+    results.json; returns their summaries. An experiment whose results the store no longer holds
+    (a store cleaned or left on another machine) keeps the report already under `out`, said so."""
     out = Path(out)
     file = out / "run.json"
     if not file.is_file():
@@ -65,11 +67,16 @@ def report(out, echo=print) -> dict:
         module = EXPERIMENTS[name]
         nodes = module.nodes(scale)
         missing = [k for k, n in nodes.items() if not store.done(n)]
+        if missing and (out / name / "results.json").is_file():
+            summaries[name] = kept_summary(out / name / "results.json", name, scale)
+            echo(f"{name}: {len(missing)} result(s) not in the store {store.root}; kept {out / name / 'results.json'}")
+            continue
         if missing:
             raise DtmergeError(f"{name}: {len(missing)} result(s) not in the store {store.root} yet (e.g. "
                                f"{missing[0]}); run the experiment first")
         results = {k: store.result(n) for k, n in nodes.items()}
-        summaries[name] = module.report(scale, results, out / name)
+        module.report(scale, results, out / name)
+        summaries[name] = kept_summary(out / name / "results.json", name, scale)
         echo(f"{name}: {out / name / 'results.md'}")
     lines = [f"# Our runs against the paper's claims (scale {scale.name}, {scale.seeds} seed(s))", "",
              "Each line: the paper's claim, what our run measured, and the rule that judged it. The numbers are in "
@@ -81,3 +88,16 @@ def report(out, echo=print) -> dict:
         tmp.write_text("\n".join(lines) + "\n")
     echo(f"findings: {out / 'REPORT.md'}")
     return summaries
+
+
+def kept_summary(file: Path, name: str, scale: Scale) -> dict:
+    """An experiment's results.json, checked to be that experiment's at this scale and seed count."""
+    try:
+        summary = read_json(file)
+    except ValueError as e:
+        raise DtmergeError(str(e)) from None
+    found = (summary.get("experiment"), summary.get("scale"), summary.get("seeds"))
+    if found != (name, scale.name, scale.seeds):
+        raise DtmergeError(f"{file}: holds {found[0]!r} at scale {found[1]!r} with {found[2]} seed(s), not {name!r} "
+                           f"at scale {scale.name!r} with {scale.seeds}")
+    return summary
