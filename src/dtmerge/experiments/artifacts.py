@@ -150,14 +150,15 @@ def estimate(node: Node, seconds_per_step: float) -> float:
     if node.kind == "dt":
         model = spec.get("model", {})
         width = (model.get("n_embd", 128) / 128) ** 2 * model.get("n_layer", 3) / 3
-        return spec["steps"] * seconds_per_step * width * spec.get("batch_size", 64) / 64
+        tasks = sum(name.startswith("data") for name in node.deps)  # a multi-task DT takes a batch per task
+        return spec["steps"] * seconds_per_step * width * spec.get("batch_size", 64) / 64 * max(tasks, 1)
     if node.kind == "dataset":
         return spec["transitions"] / 8000 + 2
     if node.kind == "eval":
         steps = spec.get("max_steps") or 1000
         return 2 + spec.get("episodes", 10) * len(spec.get("targets") or [0]) * steps * 4e-4
     if node.kind == "lm":
-        return spec["steps"] * 0.45  # a ChibiT step, 16 x 256 tokens, 2 cores (measured)
+        return spec["steps"] * 6 * seconds_per_step  # a ChibiT step (16 x 256 tokens) costs ~6 DT steps (measured)
     if node.kind == "mff":
         return len(node.deps) * spec["finetune"]["steps"] * seconds_per_step
     if node.kind == "search":  # every trial rolls out every task; then the held-out report of two merges
