@@ -42,6 +42,7 @@ def test_smoke_run_reports_every_experiment(smoke_run, name):
     out = root / "out" / name
     results = json.loads((out / "results.json").read_text())
     assert results["experiment"] == name and results["scale"] == "smoke"
+    assert results["settings"]["steps"] == SCALES["smoke"].steps  # the sizes it ran at are recorded
     assert (out / "results.md").read_text().startswith("# ")
     assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (root / "out" / "REPORT.md").read_text()

@@ -3,6 +3,7 @@ the statistics and figures of their reports."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,13 @@ def seed_scores(results: dict, key: str, seeds: int) -> dict:
 
 def publish(out: Path, name: str, scale: Scale, summary: dict, table: list[str], draw, **extra) -> dict:
     """Write an experiment's report: `<name>.png` drawn by `draw(ax)`, results.json (the summary,
-    the scale and anything in `extra`, such as the paper's numbers) and results.md (the tables)."""
+    the scale and its settings, and anything in `extra`, such as the paper's numbers) and results.md
+    (the tables)."""
     out.mkdir(parents=True, exist_ok=True)
     figure(out / f"{name}.png", draw)
-    write_json(out / "results.json", {"experiment": name, "scale": scale.name, "seeds": scale.seeds, **summary,
-                                      **extra})
+    settings = {k: v for k, v in dataclasses.asdict(scale).items() if k != "sized"}  # the sizes this report ran at
+    write_json(out / "results.json", {"experiment": name, "scale": scale.name, "seeds": scale.seeds,
+                                      "settings": settings, **summary, **extra})
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text("\n".join(table).rstrip() + "\n")
     return summary

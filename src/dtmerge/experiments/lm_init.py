@@ -83,8 +83,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                 cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
-             f"episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained {scale.lm.get('steps')} steps on the Python "
-             f"standard library's docstrings; MFF over attention + MLP of all three tasks, {scale.finetune_steps} "
+             f"episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained "
+             f"{scale.lm.get('steps')} steps on the Python standard library's docstrings; MFF over attention + MLP of all three tasks, {scale.finetune_steps} "
              "finetuning steps); the paper's Table III in brackets.", "",
              "| dataset | env | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]
     for level in LEVELS:
