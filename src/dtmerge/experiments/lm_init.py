@@ -84,8 +84,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
              f"episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained "
-             f"{scale.lm.get('steps')} steps on the Python standard library's docstrings; MFF over attention + MLP of all three tasks, {scale.finetune_steps} "
-             "finetuning steps); the paper's Table III in brackets.", "",
+             f"{scale.lm.get('steps')} steps on the Python standard library's docstrings; MFF over attention + MLP "
+             f"of all three tasks, {scale.finetune_steps} finetuning steps); the paper's Table III in brackets.", "",
              "| dataset | env | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]
     for level in LEVELS:
         for i, t in enumerate(order):
