@@ -60,8 +60,8 @@ def test_the_plan_counts_shared_artifacts_once(smoke_run):
 
 
 def test_tables_three_and_four_share_their_own_mini_sizes():
-    """lm-init and fisher-scale train every model with the budget `sized` gives them, and share the
-    ChibiT_R DTs; the other experiments keep the scale's own sizes."""
+    """lm-init and fisher-scale train every model with the budget `sized` gives them, from one
+    language model; the other experiments keep the scale's own sizes."""
     mini = SCALES["mini"]
     table3 = all_nodes(list(EXPERIMENTS["lm-init"].nodes(mini).values()))
     table4 = all_nodes(list(EXPERIMENTS["fisher-scale"].nodes(mini).values()))
@@ -71,8 +71,12 @@ def test_tables_three_and_four_share_their_own_mini_sizes():
             assert node.spec["steps"] == sized["steps"] != mini.steps
         if node.kind == "mff":
             assert node.spec["finetune"]["steps"] == sized["finetune_steps"] != mini.finetune_steps
-    chibit_r = {n.key for n in table3 if n.kind == "dt" and n.spec.get("preset") == "chibit-r"}
-    assert {n.key for n in table4 if n.kind == "dt"} <= chibit_r
+    def recipes(nodes, **match):
+        return {json.dumps(n.spec, sort_keys=True) for n in nodes if n.kind == "dt" and
+                all(n.spec.get(k) == v for k, v in match.items())}
+    assert recipes(table4) == recipes(table3, preset="chibit-r")  # Table IV's DTs: Table III's ChibiT_R recipe
+    assert {n.key for n in table3 if n.kind == "lm"} == {n.key for n in table4 if n.kind == "lm"}  # one LM
+    assert {n.deps["data"].spec["level"] for n in table3 if n.kind == "dt" and "data" in n.deps} == {"medium"}
     assert all(n.spec["steps"] == mini.steps for n in all_nodes(list(EXPERIMENTS["per-layer"].nodes(mini).values()))
                if n.kind == "dt")
 

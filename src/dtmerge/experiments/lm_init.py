@@ -21,7 +21,7 @@ from dtmerge.experiments.store import Node
 
 NAME = "lm-init"
 TITLE = "Table III: merging DTs trained from a shared language-model initialisation"
-LEVELS = ("medium", "medium-expert")
+LEVELS = ("medium", "medium-expert")  # the paper's; a scale may run fewer (`Scale.levels`)
 VARIANTS = {"ChibiT": "chibit", "ChibiT_CO": "chibit-co", "ChibiT_R": "chibit-r"}
 COLUMNS = (*VARIANTS, "Random", "Multi", "Single")
 PAPER = {  # Lawson & Qureshi, Table III: halfcheetah, hopper, walker2d per column
@@ -62,7 +62,7 @@ def nodes(scale: Scale) -> dict:
     scale = scale.for_experiment(NAME)
     out = {}
     for seed in range(scale.seeds):
-        for level in LEVELS:
+        for level in scale.levels or LEVELS:
             bundles = {name: mff(scale, {t: lm_dt(scale, t, level, preset, seed) for t in TASKS}, seed)
                        for name, preset in VARIANTS.items()}
             bundles["Random"] = mff(scale, {t: common.dt(scale, t, level, seed) for t in TASKS}, seed)
@@ -76,8 +76,9 @@ def nodes(scale: Scale) -> dict:
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
     scale = scale.for_experiment(NAME)
+    levels = list(scale.levels or LEVELS)
     cells = {}
-    for level in LEVELS:
+    for level in levels:
         for name in COLUMNS:
             for t in TASKS:
                 cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
@@ -87,7 +88,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
              f"{scale.lm.get('steps')} steps on the Python standard library's docstrings; MFF over attention + MLP "
              f"of all three tasks, {scale.finetune_steps} finetuning steps); the paper's Table III in brackets.", "",
              "| dataset | env | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]
-    for level in LEVELS:
+    for level in levels:
         for i, t in enumerate(order):
             table.append(f"| {level} | {t} | " + " | ".join(
                 f"{cells[f'{level}|{c}|{t}']['mean']:.1f} ± {cells[f'{level}|{c}|{t}']['se']:.1f} "
@@ -97,21 +98,21 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             f"{averages[c]:.1f} ({sum(PAPER[level][c]) / 3:.1f})" for c in COLUMNS) + " |")
 
     def draw(ax):
-        groups = [(lv, c) for lv in LEVELS for c in COLUMNS]
+        groups = [(lv, c) for lv in levels for c in COLUMNS]
         means = [common.task_average(cells, f"{lv}|{c}") for lv, c in groups]
         ax.bar(range(len(groups)), means, color=[f"C{COLUMNS.index(c)}" for _, c in groups])
         ax.set_xticks(range(len(groups)), [f"{c}\n{lv}" for lv, c in groups], fontsize=6)
         ax.set_ylabel(f"average {SCORE_LABEL}")
         ax.set_title(TITLE + f" ({scale.name})", fontsize=8)
 
-    return common.publish(out, NAME, scale, {"cells": cells}, table, draw,
+    return common.publish(out, NAME, scale, {"cells": cells, "levels": levels}, table, draw,
                           corpus="Python standard library docstrings", paper=PAPER)
 
 
 def findings(summary: dict) -> list[dict]:
     cells = summary["cells"]
     out = []
-    for level in LEVELS:
+    for level in summary["levels"]:
         avg = {c: common.task_average(cells, f"{level}|{c}") for c in COLUMNS}
         best = max(VARIANTS, key=avg.get)
         out.append(common.finding(f"A shared language-model initialisation merges better than random ones ({level}, "
