@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from dtmerge.errors import DtmergeError
@@ -116,9 +117,12 @@ def _schedule(store: Store, todo: list[Node], workers: int, threads: int, pool, 
 
 
 def make_with_threads(root: str, node: Node, threads: int) -> None:
-    """What a worker process or Ray task runs."""
+    """What a worker process or Ray task runs. NumPy's BLAS gets the same thread count as torch:
+    its sums are ordered by its threads, and a Ray worker starts with one (OMP_NUM_THREADS=1)
+    where a pool process starts with every core, so the data rolled out would differ."""
     torch.set_num_threads(threads)
-    make(Store(Path(root)), node)
+    with threadpool_limits(limits=threads):
+        make(Store(Path(root)), node)
 
 
 class _ProcessPool:
