@@ -71,6 +71,7 @@ def test_tables_three_and_four_share_their_own_mini_sizes():
             assert node.spec["steps"] == sized["steps"] != mini.steps
         if node.kind == "mff":
             assert node.spec["finetune"]["steps"] == sized["finetune_steps"] != mini.finetune_steps
+
     def recipes(nodes, **match):
         return {json.dumps(n.spec, sort_keys=True) for n in nodes if n.kind == "dt" and
                 all(n.spec.get(k) == v for k, v in match.items())}

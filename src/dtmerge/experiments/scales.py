@@ -14,11 +14,11 @@ model, as the paper's minimum.
 Tables III and IV (`lm-init`, `fisher-scale`) are sized down at mini. At the paper's two data
 levels they train 52 DTs (36 from the language model, whose Eq. 5 terms make a step up to 1.6x
 dearer) and 18 three-task MFFs. On a 2-core machine without native bf16 (AVX2 only: fp32, ~0.3 s
-a step per one-thread worker) 5,000 steps and 1,000 MFF steps would take ~20 hours of one-worker
-compute for these two tables alone. So at mini every model of the two tables trains 500 steps
-(warmup 50) with 200 MFF steps per task, from a language model pre-trained 1,000 steps, and
-Table III runs the medium level only (Table IV keeps the paper's medium-expert): ~3 hours of
-one-worker compute, ~1.6 h of wall clock with 2 workers. The DTs reach roughly their medium
+a step per one-thread worker) 5,000 steps and 1,000 MFF steps would take over 30 hours of
+one-worker compute for these two tables alone. So at mini every model of the two tables trains 500
+steps (warmup 50) with 200 MFF steps per task, from a language model pre-trained 1,000 steps, and
+Table III runs the medium level only (Table IV keeps the paper's medium-expert): 2.8 hours of
+one-worker compute measured there, 1.5 h of wall clock with 2 workers. The DTs reach roughly their medium
 data's level (the demo's do by 600 steps), not an expert's. Every model within a table gets the
 same budget, so the comparisons (LM init against Random, Fisher against direct) stay like for like.
 """

@@ -53,9 +53,10 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
 
 
 def report(out, echo=print) -> dict:
-    """Write each experiment's report from the store's results, then REPORT.md from every report's
-    results.json; returns their summaries. An experiment whose results the store no longer holds
-    (a store cleaned or left on another machine) keeps the report already under `out`, said so."""
+    """Write each experiment's report from the store's results, then REPORT.md from their summaries;
+    returns the summaries. An experiment whose results the store no longer holds (a store cleaned
+    or left on another machine) keeps the report already under `out`, said so, and its summary is
+    read back from that report's results.json."""
     out = Path(out)
     file = out / "run.json"
     if not file.is_file():
@@ -75,8 +76,7 @@ def report(out, echo=print) -> dict:
             raise DtmergeError(f"{name}: {len(missing)} result(s) not in the store {store.root} yet (e.g. "
                                f"{missing[0]}); run the experiment first")
         results = {k: store.result(n) for k, n in nodes.items()}
-        module.report(scale, results, out / name)
-        summaries[name] = kept_summary(out / name / "results.json", name, scale)
+        summaries[name] = module.report(scale, results, out / name)
         echo(f"{name}: {out / name / 'results.md'}")
     lines = [f"# Our runs against the paper's claims (scale {scale.name}, {scale.seeds} seed(s))", "",
              "Each line: the paper's claim, what our run measured, and the rule that judged it. The numbers are in "
