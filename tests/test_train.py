@@ -197,3 +197,47 @@ def test_a_moved_run_resumes_but_other_data_is_refused(tmp_path, hopper_file, ta
     write_d4rl(traj, other)
     with pytest.raises(CheckpointError, match="training data differs"):
         train(_cfg(other, tmp_path / "moved", steps=9), resume=True, progress=False)
+
+
+def _start(task_files, tmp_path, task, name, **kw):
+    """A run's starting weights (0 steps are not allowed: 1 step at lr ~0 leaves them as drawn)."""
+    ckpt = train(_cfg(task_files[task], tmp_path / name, steps=1, lr=1e-30, **kw), progress=False)
+    return load_file(ckpt / "model.safetensors"), json.loads((ckpt / "meta.json").read_text())
+
+
+def test_each_task_starts_from_its_own_weights_unless_given_one_init_seed(tmp_path, task_files):
+    """HalfCheetah and Walker2d share their shapes (17/6): before init seeds, one run seed gave both
+    bit-identical starts. Now the start depends on (seed, task, role); --init-seed shares a trunk."""
+    cheetah, meta = _start(task_files, tmp_path, "halfcheetah", "c")
+    walker, _ = _start(task_files, tmp_path, "walker2d", "w")
+    again, meta_again = _start(task_files, tmp_path, "halfcheetah", "c2")
+    trunk = [k for k in cheetah if k.startswith("transformer.") and cheetah[k].dim() == 2]  # drawn at random
+    assert not any(torch.equal(cheetah[k], walker[k]) for k in trunk)
+    assert all(torch.equal(cheetah[k], again[k]) for k in cheetah)  # same seed and task: same start
+    assert meta["init_seed"] == meta_again["init_seed"]
+    shared = {t: _start(task_files, tmp_path, t, f"s-{t}", init_seed=7)[0] for t in ("hopper", "walker2d")}
+    assert all(torch.equal(shared["hopper"][k], shared["walker2d"][k]) for k in trunk)  # one trunk across shapes
+    assert not torch.equal(shared["walker2d"]["embed_timestep.weight"], walker["embed_timestep.weight"])
+
+
+def test_embeddings_start_as_gpt2s_or_as_the_original_codes(tmp_path, task_files):
+    gpt2, meta = _start(task_files, tmp_path, "hopper", "g")
+    original, _ = _start(task_files, tmp_path, "hopper", "o", embed_init="original")
+    assert meta["train_config"]["embed_init"] == "gpt2"
+    assert abs(gpt2["embed_timestep.weight"].std().item() - 0.02) < 0.002  # N(0, 0.02)
+    assert abs(original["embed_timestep.weight"].std().item() - 1.0) < 0.05  # nn.Embedding's N(0, 1)
+    assert gpt2["embed_state.bias"].abs().max() < 1e-20 < original["embed_state.bias"].abs().max()  # 0 (one tiny step)
+    trunk = [k for k in gpt2 if k.startswith("transformer.")]
+    assert all(torch.allclose(gpt2[k], original[k], rtol=0, atol=1e-20) for k in trunk)  # nor on embed_init
+
+
+def test_kept_steps_hold_the_weights_of_a_shorter_run(tmp_path, hopper_file):
+    """The schedule does not depend on the run's length, so the weights kept at step 3 of a 6-step
+    run are a 3-step run's: a learning curve reads them instead of training again."""
+    long = train(_cfg(hopper_file, tmp_path / "long", keep_steps=[3]), progress=False)
+    short = train(_cfg(hopper_file, tmp_path / "short", steps=3), progress=False)
+    kept = load_file(long.parent / "snapshots" / "step-3" / "model.safetensors")
+    a = load_file(short / "model.safetensors")
+    assert all(torch.equal(kept[k], a[k]) for k in a)
+    assert json.loads((long.parent / "snapshots" / "step-3" / "meta.json").read_text())["step"] == 3
+    assert not (long.parent / "snapshots" / "step-3" / "train_state.json").exists()

@@ -57,10 +57,12 @@ def read_gpt2(spec) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def dt_from_gpt2(spec, state_dim: int, act_dim: int, context_len: int = 20, max_ep_len: int = 1000,
-                 dropout: float | None = None, share_position_embedding: bool = True) -> DecisionTransformer:
+                 dropout: float | None = None, share_position_embedding: bool = True, task_seed: int = 0,
+                 embed_init: str = "gpt2") -> DecisionTransformer:
     """A DT whose trunk (and, if asked, timestep embedding) comes from a GPT-2 checkpoint.
 
-    `dropout` defaults to the LM's `resid_pdrop`. Embeddings and the action head start fresh.
+    `dropout` defaults to the LM's `resid_pdrop`. Embeddings and the action head start fresh, drawn
+    from `task_seed` (see `DecisionTransformer.init_weights`).
     """
     cfg, tensors = read_gpt2(spec)
     config = DTConfig(state_dim=state_dim, act_dim=act_dim, n_embd=cfg["n_embd"], n_layer=cfg["n_layer"],
@@ -70,6 +72,7 @@ def dt_from_gpt2(spec, state_dim: int, act_dim: int, context_len: int = 20, max_
                       context_len=context_len, max_ep_len=max_ep_len,
                       layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5))
     model = DecisionTransformer(config)
+    model.init_weights(task_seed, task_seed, embed_init)
     state = model.state_dict()
     trunk = {n for n in state if n.startswith("transformer.")}
     missing = sorted(n for n in trunk if n.removeprefix("transformer.") not in tensors)

@@ -5,6 +5,12 @@ lives outside `transformer`, because its shapes differ between tasks and it is n
 trunk's parameters are named `transformer.h.{i}...` exactly like Hugging Face's GPT2LMHeadModel.
 Timestep embeddings are added before `embed_ln`, as in the original DT (kzl/decision-transformer)
 and Hugging Face's DecisionTransformerModel.
+
+A run's starting weights come from `init_weights`: the trunk from one seed, the task's parts from
+another, so several tasks can share a random trunk on purpose and otherwise never do by accident.
+The task's parts start as GPT-2's (N(0, 0.02), biases 0) unless `embed_init="original"` asks for the
+original DT code's PyTorch defaults, whose N(0, 1) timestep embedding swamps the other inputs and
+slows learning several-fold at short budgets (README, "Base models").
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dtmerge.model.gpt import ACTIVATIONS, GPT
 from dtmerge.model.groups import parameter_groups
+
+EMBED_INITS = ("gpt2", "original")
 
 
 class DTConfig(BaseModel):
@@ -77,3 +85,27 @@ class DecisionTransformer(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[str]]:
         return parameter_groups(self)
+
+    def task_layers(self) -> list[nn.Module]:
+        """The layers outside the trunk that carry weights drawn at random (not `embed_ln`)."""
+        return [self.embed_timestep, self.embed_return, self.embed_state, self.embed_action, self.predict_action[0]]
+
+    @torch.no_grad()
+    def init_weights(self, trunk_seed: int, task_seed: int, embed_init: str = "gpt2") -> None:
+        """Draw the starting weights: the trunk from `trunk_seed` (GPT-2's init, so one seed gives one
+        trunk whatever the task's sizes), the embeddings and head from `task_seed`. The global RNG
+        is left as it was."""
+        if embed_init not in EMBED_INITS:
+            raise ValueError(f"embed_init must be one of {', '.join(EMBED_INITS)}, not {embed_init!r}")
+        with torch.random.fork_rng(devices=[]):  # only the CPU generator is seeded, and restored after
+            torch.default_generator.manual_seed(trunk_seed)
+            self.transformer.init_weights()
+            torch.default_generator.manual_seed(task_seed)
+            for layer in self.task_layers():
+                if embed_init == "original":
+                    layer.reset_parameters()
+                else:
+                    nn.init.normal_(layer.weight, 0.0, 0.02)
+                    if getattr(layer, "bias", None) is not None:
+                        nn.init.zeros_(layer.bias)
+            self.embed_ln.reset_parameters()

@@ -139,15 +139,20 @@ class GPT(nn.Module):
         self.drop = Dropout(dropout)
         self.h = nn.ModuleList(Block(n_embd, n_head, n_inner, activation, dropout, eps) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd, eps=eps)
-        self._init_weights(n_layer)
+        self.init_weights()
 
-    def _init_weights(self, n_layer: int, std: float = 0.02):
-        """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+    def init_weights(self, std: float = 0.02):
+        """GPT-2's initialisation from the global torch RNG: weights N(0, 0.02), residual projections
+        scaled by 1/sqrt(2 * n_layer), biases 0, LayerNorms 1 and 0."""
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * n_layer))
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * len(self.h)))
             elif name.endswith(".weight") and p.dim() == 2:
                 nn.init.normal_(p, 0.0, std)
+            elif name.endswith(".weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
 
     def forward(self, x, key_mask=None, keep=None):
         """`key_mask` (B, T) bool marks real tokens; padded keys are hidden from every query.

@@ -66,6 +66,7 @@ class CheckpointMeta(TaskMeta):
     init: str
     init_kind: Literal["bundle", "gpt2"] | None = None
     init_trunk_sha256: Sha256
+    init_seed: int | None = None  # the seed of the starting weights (absent in checkpoints made before it was)
     dataset_sha256: Sha256 | None = None  # the training data's content (Trajectories.fingerprint)
     merge: dict | None = None  # provenance of a merged checkpoint
     perturbation: dict | None = None  # provenance of a perturbed one

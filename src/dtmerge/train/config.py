@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dtmerge.model.dt import EMBED_INITS
 from dtmerge.runtime import RunConfig
 from dtmerge.validate import one_line
 
@@ -41,6 +42,9 @@ class TrainConfig(RunConfig):
         return [v] if isinstance(v, str) else v
     out: str = Field("runs/dt", description="run directory (checkpoint/, metrics.jsonl, config.json)")
     steps: int = Field(10000, gt=0, description="optimizer steps in total")
+    keep_steps: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="steps whose weights are also kept, in <out>/snapshots/step-<N> (for "
+                                          "learning curves; repeat the flag for several)")
     batch_size: int = Field(64, gt=0, description="windows per step")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate after warmup")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
@@ -51,6 +55,11 @@ class TrainConfig(RunConfig):
     init: str | None = Field(None, description="start from a DT checkpoint (its architecture and state "
                                                "normalisation are kept), one task of a bundle, or a GPT-2 model "
                                                "(Hugging Face directory or hub id: its trunk) instead of a random init")
+    init_seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the starting weights (default: derived "
+                                  "from --seed, the task(s) and the run's role, so no two tasks share a start; give "
+                                  "several tasks one value to start them from one random trunk)")
+    embed_init: Literal[EMBED_INITS] = Field("gpt2", description="embeddings and action head: gpt2 (N(0, 0.02), "
+                                             "biases 0) or original (PyTorch defaults, as the original DT code)")
     share_lm_positions: bool = Field(True, description="with a GPT-2 init, use its position embedding as "
                                                        "the timestep embedding (tiled past its length)")
     freeze: list[str] = Field(default_factory=list, description="selector of parameters to keep fixed "
@@ -82,7 +91,7 @@ class TrainConfig(RunConfig):
 
 # Fields that may change when a run is resumed: how long, on what, how often it reports, and where the
 # run and its data live (a run or a store may be moved; the data's content is compared instead).
-RESUMABLE_CHANGES = {"steps", "device", "log_every", "save_every", "out", "dataset"}
+RESUMABLE_CHANGES = {"steps", "device", "log_every", "save_every", "keep_steps", "out", "dataset"}
 
 
 def check_finetune_fields(fields: dict, set_by_pipeline: set[str]) -> dict:

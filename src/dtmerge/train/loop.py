@@ -6,7 +6,8 @@ bundle task or a language model: see `dtmerge.train.recipe`), their data, and th
 terms (Eq. 5). Several tasks train one multi-task DT whose trunk their models share: a batch from
 every task each step, the sum of their losses (the paper's multi-task baseline), saved as a bundle.
 Every `save_every` steps the run writes a checkpoint holding the optimizer moments and every RNG
-state, so resuming ends with exactly the weights an uninterrupted run would have.
+state, so resuming ends with exactly the weights an uninterrupted run would have; at each of
+`keep_steps` it also keeps the weights alone, under `snapshots/`, for learning curves.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if step in cfg.keep_steps:  # before the checkpoint: a stop between the two repeats this step
+                _save(run_dir / "snapshots" / f"step-{step}", models, metas, None, step)
             if step % cfg.save_every == 0 or step == cfg.steps:
                 _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device), step)
     bar.close()
@@ -116,7 +119,8 @@ def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:
                                {n: t for n, t in m.state_dict().items() if n not in shared})
                 for m, meta in zip(models, metas)}
     info = {"step": step, "train_config": metas[0]["train_config"],
-            "init_trunk_sha256": metas[0]["init_trunk_sha256"], "dataset_sha256": [m["dataset_sha256"] for m in metas]}
+            "init_trunk_sha256": metas[0]["init_trunk_sha256"], "init_seed": metas[0].get("init_seed"),
+            "dataset_sha256": [m["dataset_sha256"] for m in metas]}
     write_bundle(ckpt, shared, per_task, {"multitask": info}, train_state)
 
 

@@ -19,7 +19,7 @@ from dtmerge.lm.objectives import ExtraTerms, LMCoTraining, token_centres
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.model.selectors import resolve
 from dtmerge.outputs import claim_outputs, run_directory
-from dtmerge.runtime import pick_device, seed_everything
+from dtmerge.runtime import derive_seed, pick_device, seed_everything
 from dtmerge.store.bundle import is_bundle, load_bundle_task
 from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, trunk_sha256
 from dtmerge.train.config import TrainConfig
@@ -39,7 +39,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     if len(set(names)) != len(names):
         raise DtmergeError(f"a multi-task run needs one dataset per task, got tasks {names}")
     seed_everything(cfg.seed)
-    runs = [_start(cfg, spec, traj, task) for spec, (traj, task) in zip(cfg.dataset, data)]
+    init_seed = start_seed(cfg, names)
+    runs = [_start(cfg, spec, traj, task, init_seed) for spec, (traj, task) in zip(cfg.dataset, data)]
     for r in runs[1:]:  # one trunk and timestep embedding for every task
         r.model.transformer, r.model.embed_timestep = runs[0].model.transformer, runs[0].model.embed_timestep
     frozen = set(resolve(cfg.freeze, runs[0].model.parameter_groups(),
@@ -55,21 +56,34 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     return out / "checkpoint"
 
 
-def _start(cfg: TrainConfig, spec: str, traj, task) -> TaskRun:
+def start_seed(cfg: TrainConfig, tasks: list[str]) -> int:
+    """The seed of a run's starting weights: `init_seed`, or one derived from the run seed, its
+    tasks and its role (a single-task or a multi-task DT), so that no two runs share a start unless asked."""
+    if cfg.init_seed is not None:
+        return cfg.init_seed
+    return derive_seed("init", cfg.seed, "multitask-dt" if len(tasks) > 1 else "dt", *tasks)
+
+
+def _start(cfg: TrainConfig, spec: str, traj, task, init_seed: int) -> TaskRun:
     """A task's starting model and state statistics (an initialised DT keeps the ones it was
-    trained with), with what its checkpoint will record about its origin."""
+    trained with), with what its checkpoint will record about its origin. A random trunk comes
+    from `init_seed`, the task's embeddings and head from a seed derived from it and the task."""
     meta = {"task": task.name, "env_id": task.env_id, "dataset": spec, "dataset_attrs": traj.attrs,
             "dataset_sha256": traj.fingerprint(), "rtg_targets": list(task.rtg_targets)}
+    task_seed = derive_seed(init_seed, task.name)
     if cfg.init is None:
         model = DecisionTransformer(DTConfig(state_dim=task.obs_dim, act_dim=task.act_dim, **cfg.model.model_dump()))
-        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": "random"})
+        model.init_weights(init_seed, task_seed, cfg.embed_init)
+        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": "random", "init_seed": init_seed})
     if is_bundle(cfg.init):  # one task of a multi-task bundle, e.g. to finetune a copy per task
         model, source = load_bundle_task(cfg.init, task.name)
         kind = {"init_kind": "bundle"}
     elif is_language_model(cfg.init):
         model = dt_from_gpt2(cfg.init, task.obs_dim, task.act_dim, cfg.model.context_len,
-                             dropout=cfg.model.dropout, share_position_embedding=cfg.share_lm_positions)
-        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": str(cfg.init), "init_kind": "gpt2"})
+                             dropout=cfg.model.dropout, share_position_embedding=cfg.share_lm_positions,
+                             task_seed=task_seed, embed_init=cfg.embed_init)
+        return TaskRun(model, traj, *traj.state_stats(), {**meta, "init": str(cfg.init), "init_kind": "gpt2",
+                                                              "init_seed": init_seed})
     else:
         model, source = load_checkpoint(cfg.init)
         kind = {}
