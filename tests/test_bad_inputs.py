@@ -687,3 +687,30 @@ def search_resumed_from_a_damaged_study(ws):
 
 def test_enough_hostile_inputs():
     assert len(CASES) >= 40, len(CASES)
+
+
+def test_every_project_error_survives_a_process_boundary():
+    """A worker's error reaches the CLI as the same one-line error (pickled back by the pool), not
+    as a BrokenProcessPool traceback."""
+    import inspect
+    import pickle
+
+    from dtmerge.errors import DtmergeError
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    import dtmerge.data  # noqa: F401 - every error class is defined once its module is imported
+    import dtmerge.experiments  # noqa: F401
+    import dtmerge.merge.align  # noqa: F401
+    import dtmerge.merge.search  # noqa: F401
+
+    classes = [DtmergeError, *subclasses(DtmergeError)]
+    assert len(classes) >= 8
+    for cls in classes:
+        takes_problem = "problem" in inspect.signature(cls.__init__).parameters  # DatasetError(path, problem)
+        error = cls("some/file", "a problem") if takes_problem else cls("some/file: a problem")
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is cls and str(again) == str(error) == "some/file: a problem"

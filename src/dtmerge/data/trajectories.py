@@ -24,6 +24,9 @@ class DatasetError(DtmergeError):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self):  # rebuilt from both arguments when it crosses a process boundary
+        return type(self), (self.path, self.problem)
+
 
 @dataclass
 class Trajectories:
