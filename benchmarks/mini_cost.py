@@ -41,7 +41,8 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="for the wall-clock column: seconds / workers")
     args = ap.parse_args()
     scale, store = SCALES[args.scale], Store(args.store or data_home() / "store")
-    nodes = {name: all_nodes(list(module.nodes(scale).values())) for name, module in EXPERIMENTS.items()}
+    nodes = {name: all_nodes(list(module.nodes(scale.for_experiment(name)).values()))
+             for name, module in EXPERIMENTS.items()}
 
     timed, untimed, missing = {}, set(), set()
     for node in {n.key: n for ns in nodes.values() for n in ns}.values():

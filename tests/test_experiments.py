@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -44,6 +45,7 @@ def test_smoke_run_reports_every_experiment(smoke_run, name):
     assert results["experiment"] == name and results["scale"] == "smoke"
     assert results["settings"]["steps"] == SCALES["smoke"].steps  # the sizes it ran at are recorded
     assert (out / "results.md").read_text().startswith("# ")
+    assert name == "dt-curves" or "## Base models" in (out / "results.md").read_text()  # dt-curves: the curves
     assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (root / "out" / "REPORT.md").read_text()
     assert f"`{name}`)." in report  # every experiment states its findings against the paper's claims
@@ -54,20 +56,27 @@ def test_the_plan_counts_shared_artifacts_once(smoke_run):
     scale = SCALES["smoke"]
     nodes = all_nodes([n for m in EXPERIMENTS.values() for n in m.nodes(scale).values()])
     assert f"{len(nodes)} artifacts: 0 cached, {len(nodes)} to make" in "\n".join(lines)
-    single = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and "preset" not in n.spec]
+    recipe = scale.train_spec(0).keys()
+    single = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and n.spec.keys() == recipe]
     assert len(single) == 3 * 3 * scale.seeds  # one random-init DT per task, data level and seed, shared by all
     assert sum(n.deps["data"].spec["level"] == "expert" for n in single) == 3 * scale.seeds
+    arms = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and n.spec.keys() != recipe]
+    shared = [n for n in arms if "init_seed" in n.spec]  # Random-shared: alignment (expert), lm-init (2 levels)
+    assert len(shared) == 3 * 3 * scale.seeds and len({n.spec["init_seed"] for n in shared}) == scale.seeds
+    assert {k for n in arms if n not in shared for k in n.spec.keys() - recipe} == {"lr", "embed_init"}  # dt-curves
 
 
 def test_tables_three_and_four_share_their_own_mini_sizes():
     """lm-init and fisher-scale train every model with the budget `sized` gives them, from one
     language model; the other experiments keep the scale's own sizes."""
     mini = SCALES["mini"]
-    table3 = all_nodes(list(EXPERIMENTS["lm-init"].nodes(mini).values()))
+    table3 = all_nodes(list(EXPERIMENTS["lm-init"].nodes(mini.for_experiment("lm-init")).values()))
     table4 = all_nodes(list(EXPERIMENTS["fisher-scale"].nodes(mini).values()))
     sized = mini.sized["lm-init"]
     for node in table3 + table4:
-        if node.kind == "dt":
+        if node.kind == "dt" and "init" in node.deps and node.deps["init"].kind == "dt":  # Single, trained on
+            assert node.spec["steps"] == sized["finetune_steps"]
+        elif node.kind == "dt":
             assert node.spec["steps"] == sized["steps"] != mini.steps
         if node.kind == "mff":
             assert node.spec["finetune"]["steps"] == sized["finetune_steps"] != mini.finetune_steps
@@ -124,19 +133,79 @@ def test_a_revised_kind_gets_new_keys_and_no_other_does(monkeypatch):
     assert Node("search", {"trials": 3}).key != before[0] and Node("dt", {"steps": 10}).key == before[1]
 
 
-def test_a_difference_inside_two_standard_errors_is_within_noise():
+def test_verdicts_come_from_bootstrap_intervals_over_seeds():
+    from scipy.stats import bootstrap
+
     def cells(row, per_task_seed_values):
         return {f"{row}|{t}": common.summarise(v) for t, v in zip(("hopper", "halfcheetah", "walker2d"),
                                                                    per_task_seed_values)}
-    base = cells("direct", [[10, 20], [30, 40], [50, 60]])
-    clear = common.paired_difference({**base, **cells("fisher", [[13, 23], [33, 43], [53, 63]])}, "fisher", "direct")
-    assert clear == {"mean": 3.0, "se": 0.0, "values": [3.0, 3.0]}
-    assert common.beats(clear) is True
-    noisy = common.paired_difference({**base, **cells("fisher", [[13, 17], [30, 40], [50, 60]])}, "fisher", "direct")
-    assert noisy["values"] == [1.0, -1.0] and common.beats(noisy) is None
-    worse = common.paired_difference({**base, **cells("fisher", [[0, 11], [30, 40], [50, 60]])}, "fisher", "direct")
-    assert common.beats(worse) is False  # -10/3 and -3 per seed: below minus two s.e.
-    assert common.finding("c", "o", None, "r")["verdict"] == "within noise"
+    base = cells("direct", [[10, 20, 30], [30, 40, 50], [50, 60, 70]])
+    clear = common.paired_difference({**base, **cells("fisher", [[13, 24, 33], [33, 44, 53], [53, 64, 73]])},
+                                     "fisher", "direct")
+    assert clear["values"] == [3.0, 4.0, 3.0]
+    expected = bootstrap(([3.0, 4.0, 3.0],), np.mean, n_resamples=10_000, method="percentile",
+                         rng=np.random.default_rng(0)).confidence_interval
+    assert (clear["lo"], clear["hi"]) == (expected.low, expected.high) and clear["lo"] > 0
+    assert common.versus(clear, 0.0) is True and common.below(clear, 0.0) is False
+    noisy = common.paired_difference({**base, **cells("fisher", [[13, 17, 30], [30, 40, 50], [50, 60, 70]])},
+                                     "fisher", "direct")
+    assert noisy["values"] == [1.0, -1.0, 0.0] and common.versus(noisy, 0.0) is None
+    one_seed = common.summarise([5.0])
+    assert one_seed["lo"] is None and common.versus(one_seed, 0.0) is None  # one seed: no interval, no verdict
+    assert common.finding("c", "o", None, "r")["verdict"] == "inconclusive"
+    assert common.finding("c", "o", False, "r")["verdict"] == "disagrees"
+    failed = common.finding("c", "o", True, "r", precondition="base models not shown")
+    assert failed["verdict"] == "inconclusive" and "base models not shown" in failed["ours"]
+
+
+def test_a_base_model_below_its_data_makes_the_verdicts_inconclusive():
+    results = {"data|hopper|expert": {"score_mean": 100.0},
+               **{f"orig|hopper|{s}": {"targets": [{"score_mean": v}]} for s, v in enumerate((95.0, 97.0, 99.0))},
+               "data|walker2d|expert": {"score_mean": 100.0},
+               **{f"orig|walker2d|{s}": {"targets": [{"score_mean": v}]} for s, v in enumerate((40.0, 60.0, 50.0))}}
+    scale = SCALES["mini"]
+    rows = common.base_models(scale, results, {"hopper": ("hopper", "expert", "orig|hopper"),
+                                               "walker2d": ("walker2d", "expert", "orig|walker2d")})
+    assert [r["learned"] for r in rows] == [True, False]
+    assert "walker2d 0.50" in common.unmet(rows) and common.unmet(rows[:1]) is None
+    assert "| walker2d | 100.0 | 50.0 [" in "\n".join(common.base_table(rows))
+
+
+def test_paper_scale_has_the_original_codes_budgets():
+    """The original code: 10 x 10,000 = 100k DT steps with a 10k warmup, MFF 10 x 10,000 = 100k steps
+    per task with a fresh 10k warmup, Fisher from 750 batches of 64, 50 evaluation episodes, Table V's
+    multi-task DT 512 wide with 4 heads and gelu_new, L_cos decayed by step 5,000."""
+    paper = SCALES["paper"]
+    assert (paper.steps, paper.warmup_steps, paper.batch_size) == (100_000, 10_000, 64)
+    assert paper.finetune_spec(0)["steps"] == 100_000 and paper.finetune_spec(0)["warmup_steps"] == 10_000
+    assert (paper.fisher_batches, paper.episodes) == (750, 50)
+    assert paper.multitask_model == {"n_embd": 512, "n_head": 4, "activation": "gelu_new"}
+    assert paper.cos_until() == 5_000 and SCALES["mini"].cos_until() == 250
+    multi = [n for n in all_nodes(list(EXPERIMENTS["finetune-merge"].nodes(paper).values()))
+             if n.kind == "dt" and "data_hopper" in n.deps]
+    assert multi and all(n.spec["model"]["n_embd"] == 512 for n in multi)
+    fishers = [n for n in all_nodes(list(EXPERIMENTS["fisher-scale"].nodes(paper).values())) if n.kind == "fisher"]
+    assert fishers and all(n.spec["batches"] == 750 for n in fishers)
+
+
+def test_expert_experiments_take_five_seeds_and_the_rest_three():
+    from dtmerge.experiments.suite import scale_of
+
+    mini = scale_of("mini")
+    assert {mini.for_experiment(n).seeds for n in ("per-layer", "incremental", "attention-interp", "mff-subsets")} \
+        == {5}
+    assert {mini.for_experiment(n).seeds for n in ("attention-perturb", "lm-init", "finetune-merge", "alignment")} \
+        == {3}
+    assert scale_of("mini", 2).for_experiment("per-layer").seeds == 2  # --seeds wins everywhere
+
+
+def test_no_two_tasks_share_a_start_unless_an_arm_says_so():
+    mini = SCALES["mini"]
+    dts = [n for n in all_nodes(list(EXPERIMENTS["alignment"].nodes(mini).values())) if n.kind == "dt"]
+    shared = [n for n in dts if "init_seed" in n.spec]
+    assert len({n.spec["init_seed"] for n in shared if n.spec["seed"] == 0}) == 1  # one start for the 3 tasks
+    assert len({n.spec["init_seed"] for n in shared}) == mini.seeds  # and another per seed
+    assert len(shared) == len(dts) - len(shared) == 3 * mini.seeds
 
 
 def test_report_again_and_resume_rules(smoke_run):
@@ -149,6 +218,12 @@ def test_report_again_and_resume_rules(smoke_run):
     r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--seeds", "2", "--out",
                                   str(root / "out"), "--store", str(root / "store"), "--resume"])
     assert r.exit_code == 1 and "resume it with the same --scale and --seeds" in r.stderr
+    before = sorted(p.relative_to(root) for p in (root / "store").rglob("*"))
+    for out in (root / "store", root):  # --out is the store, or holds it
+        r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--out", str(out),
+                                      "--store", str(root / "store"), "--overwrite"])
+        assert r.exit_code == 1 and "the input" in r.stderr, r.stderr
+    assert sorted(p.relative_to(root) for p in (root / "store").rglob("*")) == before  # nothing deleted
 
 
 def test_a_report_whose_store_is_gone_keeps_its_results(smoke_run, tmp_path):
@@ -168,6 +243,10 @@ def test_a_report_whose_store_is_gone_keeps_its_results(smoke_run, tmp_path):
     results.write_text(json.dumps({**json.loads(results.read_text()), "scale": "mini"}))
     r = CliRunner().invoke(main, ["experiment", "report", str(out)])
     assert r.exit_code == 1 and f"{results}: holds 'incremental' at scale 'mini'" in r.stderr
+    old = {k: v for k, v in json.loads(results.read_text()).items() if k != "summary_format"}  # as round 1 wrote
+    results.write_text(json.dumps({**old, "scale": "smoke"}))
+    r = CliRunner().invoke(main, ["experiment", "report", str(out)])
+    assert r.exit_code == 1 and f"{results}: written by an older dtmerge" in r.stderr
 
 
 def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):

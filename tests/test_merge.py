@@ -223,6 +223,26 @@ def test_perturbations(tmp_path, task_models):
         perturb_checkpoint(src, tmp_path / "bad", "remove", select=["mlp"])
 
 
+def test_all_ones_attention_is_removed_attention_and_identity_map_is_the_identity(tmp_path, task_models):
+    """The paper's "identity" (all ones) adds one value to every dimension, which every later
+    LayerNorm subtracts: the same actions as removing attention. identity-map passes the
+    attention-weighted LayerNorm'd inputs through unchanged."""
+    src = task_models["hopper"]
+    model, _ = load_checkpoint(src)
+    ones, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "ones", "identity"))
+    removed, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "rm", "remove"))
+    ident, _ = load_checkpoint(perturb_checkpoint(src, tmp_path / "map", "identity-map"))
+    x = (torch.randn(2, 10, 11), torch.randn(2, 10, 3), torch.randn(2, 10, 1), torch.randint(0, 100, (2, 10)))
+    torch.testing.assert_close(ones.eval()(*x), removed.eval()(*x), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ident.eval()(*x), removed(*x), atol=1e-3)
+    attn = ident.transformer.h[0].attn.eval()
+    h = torch.randn(1, 4, attn.c_proj.weight.shape[0])
+    torch.testing.assert_close(attn(h)[:, 0], h[:, 0])  # the first token attends only to itself
+    q, k = model.transformer.h[0].attn.c_attn.weight.split(h.shape[-1], dim=1)[:2]
+    qi, ki = attn.c_attn.weight.split(h.shape[-1], dim=1)[:2]
+    assert torch.equal(q, qi) and torch.equal(k, ki)  # queries and keys as trained
+
+
 def test_merge_cli_yaml_dry_run_and_info(tmp_path, task_models):
     cfg = tmp_path / "merge.yaml"
     cfg.write_text(f"models: [{task_models['hopper']}, {task_models['walker2d']}]\n"

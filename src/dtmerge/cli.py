@@ -20,6 +20,7 @@ from dtmerge import __version__
 from dtmerge.config import build_config, pydantic_options
 from dtmerge.errors import DtmergeError
 from dtmerge.lm.pretrain import PretrainConfig
+from dtmerge.merge.perturb import KINDS as PERTURBATIONS
 from dtmerge.train import TrainConfig
 from dtmerge.validate import one_line
 from dtmerge.zoo.collect import CollectConfig
@@ -253,8 +254,9 @@ def finetune_merge_cmd(config_file, resume, overwrite, quiet):
 @main.command("perturb")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
 @click.argument("output", type=click.Path(file_okay=False))
-@click.option("--kind", type=click.Choice(["random", "identity", "remove"]), required=True,
-              help="random: fixed random weights; identity: weights 1, biases 0; remove: residual only")
+@click.option("--kind", type=click.Choice(list(PERTURBATIONS)), required=True,
+              help="random: fixed random weights; identity: weights 1, biases 0 (the paper's; the same map as "
+                   "remove); identity-map: value and output projections the identity; remove: residual only")
 @click.option("--select", multiple=True, default=("attn",), help="attention group(s) to perturb, e.g. h.1.attn")
 @click.option("--seed", default=0, help="seed of the random weights")
 @overwrite_option

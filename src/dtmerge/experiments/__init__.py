@@ -5,6 +5,7 @@ from dtmerge.experiments import (
     alignment,
     attention_interp,
     attention_perturb,
+    dt_curves,
     finetune_merge,
     fisher_scale,
     incremental,
@@ -14,7 +15,7 @@ from dtmerge.experiments import (
     per_layer,
 )
 
-EXPERIMENTS = {m.NAME: m for m in (per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
+EXPERIMENTS = {m.NAME: m for m in (dt_curves, per_layer, incremental, attention_interp, attention_perturb, mff_subsets,
                                    lm_init, fisher_scale, finetune_merge, mff_steps, alignment)}
 
 __all__ = ["EXPERIMENTS"]

@@ -6,8 +6,11 @@ Whole trunk, attention + MLP and MLP only, each averaged over every pair of task
 tasks of a pair evaluated) and over all three (the N-way average), without alignment and with
 weight and activation matching to the first model; attention + MLP weights per group searched by
 rollouts (optuna TPE, selection episodes below seed 10,000), with and without weight matching; and
-attention + MLP Merge-Freeze-Finetune after alignment. Each score is the merged model's return
-divided by the task's own unmerged expert DT's, mean +/- s.e. over tasks, pairs and seeds.
+attention + MLP Merge-Freeze-Finetune after alignment. The averages and the MFF also run on DTs
+that start from one random trunk shared by the three tasks (start `shared`; the others start
+`independent`), which tests the paper's explanation without a language model. Each score is the merged model's return
+divided by the task's own unmerged expert DT's, averaged over tasks and pairs within a seed, then
+mean and 95% bootstrap interval over seeds.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
 from dtmerge.envs import TASKS
 from dtmerge.experiments import common
 from dtmerge.experiments.scales import Scale
 from dtmerge.experiments.store import Node
 
 NAME = "alignment"
-TITLE = "Merging independently initialised DTs with permutation alignment and searched weights"
+TITLE = "Merging DTs with permutation alignment, searched weights, or a shared random start"
 SUBSETS = {"trunk": ["trunk"], "attn+mlp": ["attn", "mlp"], "mlp": ["mlp"]}
 ALIGNS = ("none", "weights", "activations")
 GROUPS = {"pairs": [list(p) for p in combinations(TASKS, 2)], "all three": [list(TASKS)]}
@@ -34,6 +39,22 @@ def _merge(select, align: str) -> dict:
 def nodes(scale: Scale) -> dict:
     out = {}
     for seed in range(scale.seeds):
+        shared = {t: common.shared_start_dt(scale, t, "expert", seed) for t in TASKS}
+        for t in TASKS:
+            out[f"data|{t}|expert"] = common.dataset(scale, t, "expert")
+            out[f"original shared|{t}|{seed}"] = common.evaluation(scale, shared[t], t)
+        for subset, select in SUBSETS.items():
+            for group, task_sets in GROUPS.items():
+                for tasks in task_sets:
+                    models = {f"model{i}": shared[t] for i, t in enumerate(tasks)}
+                    bundle = Node("merge", _merge(select, "none"), models)
+                    for t in tasks:
+                        out[f"shared|{subset}|{group}|{'+'.join(tasks)}|{t}|{seed}"] = \
+                            common.evaluation(scale, bundle, t, bundle_task=True)
+        mff = Node("mff", {"merge": _merge(["attn", "mlp"], "none"), "finetune": scale.finetune_spec(seed)},
+                   {f"model{i}": shared[t] for i, t in enumerate(TASKS)})
+        for t in TASKS:
+            out[f"mff shared|{t}|{seed}"] = common.evaluation(scale, mff, t, bundle_task=True)
         dts = {t: common.dt(scale, t, "expert", seed) for t in TASKS}
         deps = lambda tasks: {f"model{i}": dts[t] for i, t in enumerate(tasks)}  # noqa: E731
         for t in TASKS:
@@ -60,71 +81,93 @@ def nodes(scale: Scale) -> dict:
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
-    original = {(t, seed): common.mean_return(results[f"original|{t}|{seed}"])
+    original = {(start, t, seed): common.mean_return(results[f"{key}|{t}|{seed}"])
+                for start, key in (("independent", "original"), ("shared", "original shared"))
                 for t in TASKS for seed in range(scale.seeds)}
+
+    def per_seed(ratios) -> dict:
+        """`ratios(seed)` lists a seed's ratios (tasks, pairs): averaged within the seed, then over seeds."""
+        return common.summarise(np.mean(ratios(seed)) for seed in range(scale.seeds))
+
     rows = {}
     for subset in SUBSETS:
         for group, task_sets in GROUPS.items():
             for align in ALIGNS:
-                ratios = [common.mean_return(results[f"average|{subset}|{align}|{group}|{'+'.join(ts)}|{t}|{seed}"])
-                          / original[(t, seed)] for seed in range(scale.seeds) for ts in task_sets for t in ts]
-                rows[f"average {subset}, {group}|{align}"] = common.summarise(ratios)
+                rows[f"average {subset}, {group}|{align}"] = per_seed(lambda seed: [
+                    common.mean_return(results[f"average|{subset}|{align}|{group}|{'+'.join(ts)}|{t}|{seed}"])
+                    / original[("independent", t, seed)] for ts in task_sets for t in ts])
+            rows[f"average {subset}, {group}|shared start"] = per_seed(lambda seed: [
+                common.mean_return(results[f"shared|{subset}|{group}|{'+'.join(ts)}|{t}|{seed}"])
+                / original[("shared", t, seed)] for ts in task_sets for t in ts])
     for align in ("none", "weights"):
-        rows[f"MFF attn+mlp, all three|{align}"] = common.summarise(
-            common.mean_return(results[f"mff|{align}|{t}|{seed}"]) / original[(t, seed)]
-            for seed in range(scale.seeds) for t in TASKS)
+        rows[f"MFF attn+mlp, all three|{align}"] = per_seed(lambda seed: [
+            common.mean_return(results[f"mff|{align}|{t}|{seed}"]) / original[("independent", t, seed)] for t in TASKS])
         for pick in ("equal weights", "best"):
-            ratios = []
-            for seed in range(scale.seeds):
-                held = results[f"search|{align}|{seed}"][pick]["held_out_return"]
-                ratios += [held[t] / original[(t, seed)] for t in TASKS]
-            rows[f"searched weights attn+mlp, all three ({pick})|{align}"] = common.summarise(ratios)
+            rows[f"searched weights attn+mlp, all three ({pick})|{align}"] = per_seed(lambda seed: [
+                results[f"search|{align}|{seed}"][pick]["held_out_return"][t] / original[("independent", t, seed)]
+                for t in TASKS])
+    rows["MFF attn+mlp, all three|shared start"] = per_seed(lambda seed: [
+        common.mean_return(results[f"mff shared|{t}|{seed}"]) / original[("shared", t, seed)] for t in TASKS])
+    base = common.base_models(scale, results, {
+        **{f"{t} expert": (t, "expert", f"original|{t}") for t in TASKS},
+        **{f"{t} expert, shared start": (t, "expert", f"original shared|{t}") for t in TASKS}})
     names = list(dict.fromkeys(k.split("|")[0] for k in rows))
-    fmt = lambda c: "–" if c is None else f"{c['mean']:.2f} ± {c['se']:.2f}"  # noqa: E731
-    table = [f"# {TITLE}", "", "Return / the task's unmerged expert DT's return, mean ± s.e. over the tasks (and "
-             f"pairs) x {scale.seeds} seed(s), {scale.episodes} episodes each (scale {scale.name}). Alignment: every "
+    columns = (*ALIGNS, "shared start")
+    fmt = lambda c: "–" if c is None else common.show(c)  # noqa: E731
+    table = [f"# {TITLE}", "", "Return / the task's unmerged expert DT's return, averaged over the tasks (and pairs) "
+             f"within a seed, then mean [95% bootstrap interval] over {scale.seeds} seed(s), {scale.episodes} episodes "
+             f"each (scale {scale.name}). Columns none / weights / activations: independently initialised DTs "
+             "(each task its own random start), unaligned or aligned; shared start: DTs whose trunks start from one "
+             "random draw, unaligned. Alignment: every "
              "model permuted into the first's basis before merging. Searched weights: optuna TPE, "
              f"{scale.search_trials} trials on {max(1, scale.episodes // 2)} selection episodes per task, reported "
              f"on held-out episodes; `equal weights` is its first trial, the plain average. MFF finetunes "
-             f"{scale.finetune_steps} steps per task.", "", "| merge | " + " | ".join(ALIGNS) + " |",
-             "| --- |" + " --- |" * len(ALIGNS)]
-    table += [f"| {n} | " + " | ".join(fmt(rows.get(f"{n}|{a}")) for a in ALIGNS) + " |" for n in names]
+             f"{scale.finetune_steps} steps per task.", "", "| merge | " + " | ".join(columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    table += [f"| {n} | " + " | ".join(fmt(rows.get(f"{n}|{a}")) for a in columns) + " |" for n in names]
+    table += common.base_table(base)
 
     def draw(ax):
-        for k, align in enumerate(ALIGNS):
-            present = [(i, rows[f"{n}|{align}"]) for i, n in enumerate(names) if f"{n}|{align}" in rows]
-            ax.bar([i + (k - 1) * 0.27 for i, _ in present], [c["mean"] for _, c in present], 0.27,
-                   yerr=[c["se"] for _, c in present], capsize=2, label=f"align: {align}")
-        ax.axhline(1.0, color="k", lw=0.8)
+        width = 0.8 / len(columns)
+        for k, column in enumerate(columns):
+            present = [(i, rows[f"{n}|{column}"]) for i, n in enumerate(names) if f"{n}|{column}" in rows]
+            ax.bar([i + (k - (len(columns) - 1) / 2) * width for i, _ in present], [c["mean"] for _, c in present],
+                   width, yerr=common.error_bars([c for _, c in present]), capsize=2,
+                   label=column if column == "shared start" else f"independent, align: {column}")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=6)
         ax.set_ylabel("return / unmerged return")
         ax.set_title(TITLE + f" ({scale.name})", fontsize=8)
         ax.legend(fontsize=7)
 
-    return common.publish(out, NAME, scale, {"rows": rows}, table, draw)
+    return common.publish(out, NAME, scale, {"rows": rows, "base_models": base}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:
-    rows = summary["rows"]
-    trunk = {a: rows[f"average trunk, all three|{a}"]["mean"] for a in ALIGNS}
-    best = max(("weights", "activations"), key=trunk.get)
-    search = {a: rows[f"searched weights attn+mlp, all three (best)|{a}"]["mean"] for a in ("none", "weights")}
-    equal = rows["searched weights attn+mlp, all three (equal weights)|none"]["mean"]
-    gain = common.summarise(b - e for b, e in zip(rows["searched weights attn+mlp, all three (best)|none"]["values"],
-                                                  rows["searched weights attn+mlp, all three (equal weights)|none"][
-                                                      "values"]))
+    rows, unmet = summary["rows"], common.unmet(summary["base_models"])
+    trunk = {a: rows[f"average trunk, all three|{a}"] for a in (*ALIGNS, "shared start")}
+    best = max(("weights", "activations"), key=lambda a: trunk[a]["mean"])
+    gain = lambda a, b: common.summarise(x - y for x, y in zip(rows[a]["values"], rows[b]["values"]))  # noqa: E731
+    aligned = gain(f"average trunk, all three|{best}", "average trunk, all three|none")
+    shared = gain("average trunk, all three|shared start", "average trunk, all three|none")
+    searched = gain("searched weights attn+mlp, all three (best)|none",
+                    "searched weights attn+mlp, all three (equal weights)|none")
     return [
         common.finding("Permutation alignment lets independently initialised DTs average their whole trunk "
                        "(the gap the paper attributes to random initialisation).",
-                       f"3-way trunk average: none {trunk['none']:.2f}, weights {trunk['weights']:.2f}, activations "
-                       f"{trunk['activations']:.2f} of the unmerged return",
-                       trunk[best] >= 0.8, "closes the gap if an aligned trunk average keeps >= 0.80"),
+                       "3-way trunk average: " + ", ".join(f"{a} {common.show(c)}" for a, c in trunk.items() if a in
+                                                           ALIGNS) + " of the unmerged return",
+                       common.versus(trunk[best], 0.8), "closes the gap if the better alignment's interval lies above "
+                       "0.80, disagrees if below", unmet),
         common.finding("Alignment improves the whole-trunk average over no alignment.",
-                       f"best alignment ({best}) {trunk[best]:.2f} against {trunk['none']:.2f}",
-                       trunk[best] > trunk["none"], "agrees if the aligned average is higher"),
+                       f"best alignment ({best}) minus none, per seed {common.show(aligned)}",
+                       common.versus(aligned, 0.0), "agrees if the interval lies above 0, disagrees if below", unmet),
+        common.finding("A shared random start lets DTs average their whole trunk better than independent starts "
+                       "(the paper's explanation, tested without a language model).",
+                       f"3-way trunk average, shared start {common.show(trunk['shared start'])}; shared minus "
+                       f"independent per seed {common.show(shared)}", common.versus(shared, 0.0),
+                       "agrees if the interval lies above 0, disagrees if below", unmet),
         common.finding("Searched merge weights beat equal weights on held-out episodes (attention + MLP, 3-way).",
-                       f"held-out: searched {search['none']:.2f} (aligned: {search['weights']:.2f}), equal weights "
-                       f"{equal:.2f}; searched - equal, unaligned, {gain['mean']:+.2f} ± {gain['se']:.2f}",
-                       common.beats(gain), "agrees if the difference, paired by task and seed, is above 2 s.e., "
-                       "within noise if inside ±2 s.e."),
+                       f"searched - equal, unaligned, per seed {common.show(searched)}", common.versus(searched, 0.0),
+                       "agrees if the interval lies above 0, disagrees if below", unmet),
     ]

@@ -8,6 +8,7 @@ belongs to, and a node never writes into another node's directory).
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 import time
 from pathlib import Path
@@ -91,7 +92,24 @@ def _dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     corpus = {"lm_corpus": [str(inputs["corpus"])]} if "corpus" in inputs else {}
     cfg = TrainConfig(**spec, **init, **corpus, dataset=datasets, out=str(out / "run"))
     train(cfg, resume=True, progress=progress)
-    return {"output": "run/checkpoint"}
+    return {"output": "run/checkpoint", "mse": logged_mse(out / "run" / "metrics.jsonl")}
+
+
+def logged_mse(metrics: Path) -> list[list[float]]:
+    """[step, action MSE] of every metrics line: the training loss curve a report draws."""
+    return [[rec["step"], rec["mse"]] for rec in map(json.loads, metrics.read_text().splitlines())]
+
+
+@maker("snapshot")
+def _snapshot(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """A copy of the weights a DT run kept at `spec["step"]` (its `keep_steps`)."""
+    kept = Path(inputs["model"]).parent / "snapshots" / f"step-{spec['step']}"
+    if not kept.is_dir():
+        raise FileNotFoundError(f"{kept}: the run kept no weights at step {spec['step']} (keep_steps)")
+    if (out / "checkpoint").exists():
+        shutil.rmtree(out / "checkpoint")
+    shutil.copytree(kept, out / "checkpoint")
+    return {"output": "checkpoint"}
 
 
 @maker("fisher")

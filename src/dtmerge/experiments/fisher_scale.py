@@ -11,7 +11,6 @@ from dtmerge.envs import SCORE_LABEL, TASKS
 from dtmerge.experiments import common, lm_init
 from dtmerge.experiments.lm_init import lm_dt, mff
 from dtmerge.experiments.scales import Scale
-from dtmerge.experiments.store import Node
 
 NAME = "fisher-scale"
 TITLE = "Table IV: Fisher vs direct MFF, ChibiT_R, medium-expert"
@@ -31,10 +30,10 @@ def nodes(scale: Scale) -> dict:
     out = {}
     for seed in range(scale.seeds):
         dts = {t: lm_dt(scale, t, LEVEL, "chibit-r", seed) for t in TASKS}
-        fishers = {t: Node("fisher", {"estimator": "exact", "batches": 1, "batch_size": 64, "seed": seed},
-                           {"model": dts[t]}) for t in TASKS}
+        fishers = {t: common.fisher(scale, dts[t], seed) for t in TASKS}
         bundles = {"Direct": mff(scale, dts, seed), "Fisher": mff(scale, fishers, seed, method="fisher")}
         for t in TASKS:
+            out[f"data|{t}|{LEVEL}"] = common.dataset(scale, t, LEVEL)
             out[f"initial|{t}|{seed}"] = common.evaluation(scale, dts[t], t)
             for name, bundle in bundles.items():
                 out[f"{name}|{t}|{seed}"] = common.evaluation(scale, bundle, t, bundle_task=True)
@@ -48,6 +47,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         for t in TASKS:
             cells[f"{name}|{t}"] = common.seed_scores(results, f"{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")
+    base = common.base_models(scale, results, {f"ChibiT_R {t} {LEVEL}": (t, LEVEL, f"initial|{t}") for t in TASKS})
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score after MFF / before merging, mean over {scale.seeds} seed(s), "
              f"{scale.episodes} episodes each (scale {scale.name}: DTs trained {scale.steps} steps, MFF "
              f"{scale.finetune_steps} steps per task); the paper's Table IV in brackets. GPT2_R: "
@@ -59,18 +59,23 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     averages = {m: common.task_average(cells, m) for m in ("initial", "Direct", "Fisher")}
     table.append(f"| average | {averages['Direct']:.1f} / {averages['initial']:.1f} (69.8 / 101.9) | "
                  f"{averages['Fisher']:.1f} / {averages['initial']:.1f} (74.4 / 101.9) |")
+    table += common.base_table(base)
 
     def draw(ax):
         for k, name in enumerate(("initial", "Direct", "Fisher")):
-            ax.bar([i + (k - 1) * 0.27 for i in range(3)], [cells[f"{name}|{t}"]["mean"] for t in order], 0.27,
-                   yerr=[cells[f"{name}|{t}"]["se"] for t in order], capsize=2,
+            x = [i + (k - 1) * 0.27 for i in range(3)]
+            row = PAPER[f"ChibiT_R {'Direct' if name == 'initial' else name}"]
+            paper = [row[i][name == "initial"] for i in range(3)]  # (after MFF, initial) per task
+            ax.plot(x, paper, "k_", ms=8, mew=2, ls="none", zorder=3, label="paper" if k == 0 else None)
+            ax.bar(x, [cells[f"{name}|{t}"]["mean"] for t in order], 0.27,
+                   yerr=common.error_bars([cells[f"{name}|{t}"] for t in order]), capsize=2,
                    label={"initial": "before merging"}.get(name, f"MFF, {name.lower()}"))
         ax.set_xticks(range(3), order)
         ax.set_ylabel(SCORE_LABEL)
-        ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
+        ax.set_title(TITLE + f" ({scale.name}; bars: 95% interval)", fontsize=9)
         ax.legend(fontsize=7)
 
-    return common.publish(out, NAME, scale, {"cells": cells}, table, draw, skipped=SKIPPED,
+    return common.publish(out, NAME, scale, {"cells": cells, "base_models": base}, table, draw, skipped=SKIPPED,
                           paper={k: list(v) for k, v in PAPER.items()})
 
 
@@ -80,5 +85,5 @@ def findings(summary: dict) -> list[dict]:
     diff = common.paired_difference(cells, "Fisher", "Direct")
     return [common.finding("Fisher merging beats direct averaging in MFF (Table IV).",
                            f"average score after MFF: Fisher {avg['Fisher']:.1f}, direct {avg['Direct']:.1f}; "
-                           f"Fisher - direct {diff['mean']:+.1f} ± {diff['se']:.1f} over seeds",
-                           common.beats(diff), common.BEATS_RULE)]
+                           f"Fisher - direct per seed {common.show(diff, 1)}", common.versus(diff, 0.0),
+                           common.DIFFERENCE_RULE, common.unmet(summary["base_models"]))]

@@ -5,8 +5,10 @@ standard library's docstrings: the paper's ChibiT used Wikitext-103, which `dtme
 fetches where the network allows). DTs start from it with the paper's three Eq. 5 variants
 (ChibiT: L_cos; ChibiT_CO: + L_LM co-training; ChibiT_R: + L_2 to the LM), on medium and
 medium-expert data; then attention + MLP are merged across all three tasks with
-Merge-Freeze-Finetune. Baselines: the same MFF from random initialisations (Random), one
-multi-task DT (Multi), and one DT per task (Single). D4RL-normalised (-v5), mean +/- s.e. over seeds.
+Merge-Freeze-Finetune. Baselines: the same MFF from independent random initialisations (Random),
+from one random trunk shared by the three tasks' DTs (Random-shared: not in the paper; it tests
+its explanation, a common start, without a language model), one multi-task DT (Multi), and one DT
+per task (Single). D4RL-normalised (-v5), mean and 95% bootstrap interval over seeds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ NAME = "lm-init"
 TITLE = "Table III: merging DTs trained from a shared language-model initialisation"
 LEVELS = ("medium", "medium-expert")  # the paper's; a scale may run fewer (`Scale.levels`)
 VARIANTS = {"ChibiT": "chibit", "ChibiT_CO": "chibit-co", "ChibiT_R": "chibit-r"}
-COLUMNS = (*VARIANTS, "Random", "Multi", "Single")
+COLUMNS = (*VARIANTS, "Random", "Random-shared", "Multi", "Single")
 PAPER = {  # Lawson & Qureshi, Table III: halfcheetah, hopper, walker2d per column
     "medium": {"ChibiT": (39.9, 59.4, 81.3), "ChibiT_CO": (39.9, 55.4, 77.6), "ChibiT_R": (41.2, 56.8, 79.2),
                "Random": (33.8, 58.0, 82.2), "Multi": (38.7, 61.1, 75.4), "Single": (42.6, 67.6, 74.0)},
@@ -46,12 +48,19 @@ def lm_dt(scale: Scale, task: str, level: str, variant: str, seed: int) -> Node:
     deps = {"data": common.dataset(scale, task, level), "init": language_model(scale)}
     if variant == "chibit-co":
         deps["corpus"] = corpus()
-    return Node("dt", scale.train_spec(seed, preset=variant, **scale.lm_terms), deps)
+    return Node("dt", scale.train_spec(seed, preset=variant, cos_until=scale.cos_until(), **scale.lm_terms), deps)
 
 
 def mff(scale: Scale, models: dict[str, Node], seed: int, method: str = "average") -> Node:
     deps = {f"model{i}": models[t] for i, t in enumerate(TASKS)}
     return Node("mff", {"merge": {**MERGE, "method": method}, "finetune": scale.finetune_spec(seed)}, deps)
+
+
+def single(scale: Scale, task: str, level: str, seed: int) -> Node:
+    """The Single baseline: a task's own DT trained on for the MFF models' finetuning steps (same
+    schedule, fresh warmup), so it has had as many steps as the merged models it is compared with."""
+    return Node("dt", scale.finetune_spec(seed), {"data": common.dataset(scale, task, level),
+                                                  "init": common.dt(scale, task, level, seed)})
 
 
 def multi_task(scale: Scale, level: str, seed: int) -> Node:
@@ -66,11 +75,21 @@ def nodes(scale: Scale) -> dict:
             bundles = {name: mff(scale, {t: lm_dt(scale, t, level, preset, seed) for t in TASKS}, seed)
                        for name, preset in VARIANTS.items()}
             bundles["Random"] = mff(scale, {t: common.dt(scale, t, level, seed) for t in TASKS}, seed)
+            bundles["Random-shared"] = mff(scale, {t: common.shared_start_dt(scale, t, level, seed) for t in TASKS},
+                                           seed)
             bundles["Multi"] = multi_task(scale, level, seed)
             for t in TASKS:
+                out[f"data|{t}|{level}"] = common.dataset(scale, t, level)
                 for name, bundle in bundles.items():
                     out[f"{level}|{name}|{t}|{seed}"] = common.evaluation(scale, bundle, t, bundle_task=True)
-                out[f"{level}|Single|{t}|{seed}"] = common.evaluation(scale, common.dt(scale, t, level, seed), t)
+                out[f"{level}|Single|{t}|{seed}"] = common.evaluation(scale, single(scale, t, level, seed), t)
+                for name, preset in VARIANTS.items():  # the unmerged models, for the base-models table
+                    out[f"{level}|{name} unmerged|{t}|{seed}"] = common.evaluation(
+                        scale, lm_dt(scale, t, level, preset, seed), t)
+                out[f"{level}|Random unmerged|{t}|{seed}"] = common.evaluation(
+                    scale, common.dt(scale, t, level, seed), t)
+                out[f"{level}|Random-shared unmerged|{t}|{seed}"] = common.evaluation(
+                    scale, common.shared_start_dt(scale, t, level, seed), t)
     return out
 
 
@@ -83,40 +102,58 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             for t in TASKS:
                 cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
-    table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} "
-             f"episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained "
+    averages = {f"{lv}|{c}": common.summarise(sum(cells[f"{lv}|{c}|{t}"]["values"][s] for t in TASKS) / len(TASKS)
+                                              for s in range(scale.seeds)) for lv in levels for c in COLUMNS}
+    unmerged = [c for c in COLUMNS if c not in ("Multi", "Single")]
+    base = common.base_models(scale, results, {f"{c} {t} {lv}": (t, lv, f"{lv}|{c} unmerged|{t}")
+                                               for lv in levels for c in unmerged for t in TASKS})
+    paper = lambda lv, c, i: f" ({PAPER[lv][c][i]})" if c in PAPER[lv] else ""  # noqa: E731
+    table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean [95% bootstrap interval] over {scale.seeds} seed(s), "
+             f"{scale.episodes} episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained "
              f"{scale.lm.get('steps')} steps on the Python standard library's docstrings; MFF over attention + MLP "
-             f"of all three tasks, {scale.finetune_steps} finetuning steps); the paper's Table III in brackets.", "",
+             f"of all three tasks, {scale.finetune_steps} finetuning steps; Single trained {scale.finetune_steps} "
+             "steps more, as many as the merged models); the paper's Table III in brackets. Random-shared: the three "
+             "tasks' DTs start from one random trunk (not in the paper).", "",
              "| dataset | env | " + " | ".join(COLUMNS) + " |", "| --- | --- |" + " --- |" * len(COLUMNS)]
     for level in levels:
         for i, t in enumerate(order):
             table.append(f"| {level} | {t} | " + " | ".join(
-                f"{cells[f'{level}|{c}|{t}']['mean']:.1f} ± {cells[f'{level}|{c}|{t}']['se']:.1f} "
-                f"({PAPER[level][c][i]})" for c in COLUMNS) + " |")
-        averages = {c: common.task_average(cells, f"{level}|{c}") for c in COLUMNS}
+                common.show(cells[f"{level}|{c}|{t}"], 1) + paper(level, c, i) for c in COLUMNS) + " |")
         table.append(f"| {level} | average | " + " | ".join(
-            f"{averages[c]:.1f} ({sum(PAPER[level][c]) / 3:.1f})" for c in COLUMNS) + " |")
+            common.show(averages[f"{level}|{c}"], 1)
+            + (f" ({sum(PAPER[level][c]) / 3:.1f})" if c in PAPER[level] else "") for c in COLUMNS) + " |")
+    table += common.base_table(base)
 
     def draw(ax):
         groups = [(lv, c) for lv in levels for c in COLUMNS]
-        means = [common.task_average(cells, f"{lv}|{c}") for lv, c in groups]
-        ax.bar(range(len(groups)), means, color=[f"C{COLUMNS.index(c)}" for _, c in groups])
-        ax.set_xticks(range(len(groups)), [f"{c}\n{lv}" for lv, c in groups], fontsize=6)
-        ax.set_ylabel(f"average {SCORE_LABEL}")
-        ax.set_title(TITLE + f" ({scale.name})", fontsize=8)
+        cs = [averages[f"{lv}|{c}"] for lv, c in groups]
+        ax.bar(range(len(groups)), [c["mean"] for c in cs], yerr=common.error_bars(cs), capsize=3,
+               color=[f"C{COLUMNS.index(c)}" for _, c in groups])
+        marks = [(i, sum(PAPER[lv][c]) / 3) for i, (lv, c) in enumerate(groups) if c in PAPER[lv]]
+        ax.plot([i for i, _ in marks], [v for _, v in marks], "k_", ms=14, mew=2, ls="none", zorder=3,
+                label="paper")
+        ax.set_xticks(range(len(groups)), [f"{c}, {lv}" for lv, c in groups], rotation=40, ha="right", fontsize=6)
+        ax.set_ylabel(f"task-average {SCORE_LABEL}")
+        ax.set_title(TITLE + f" ({scale.name}; bars: 95% interval)", fontsize=8)
+        ax.legend(fontsize=7)
 
-    return common.publish(out, NAME, scale, {"cells": cells, "levels": levels}, table, draw,
+    return common.publish(out, NAME, scale, {"cells": cells, "averages": averages, "levels": levels,
+                                             "base_models": base}, table, draw,
                           corpus="Python standard library docstrings", paper=PAPER)
 
 
 def findings(summary: dict) -> list[dict]:
-    cells = summary["cells"]
-    out = []
+    avg, out = summary["averages"], []
     for level in summary["levels"]:
-        avg = {c: common.task_average(cells, f"{level}|{c}") for c in COLUMNS}
-        best = max(VARIANTS, key=avg.get)
-        out.append(common.finding(f"A shared language-model initialisation merges better than random ones ({level}, "
-                                  "Table III).", f"average score: best LM variant {best} {avg[best]:.1f}, Random "
-                                  f"{avg['Random']:.1f}", avg[best] > avg["Random"],
-                                  "agrees if the best ChibiT variant beats Random"))
+        unmet = common.unmet([r for r in summary["base_models"] if r["level"] == level])
+        for arm, claim in (("ChibiT", "A shared language-model initialisation merges better than random ones "
+                                      f"({level}, Table III)."),
+                           ("Random-shared", "The paper's explanation: a common start is what lets DTs merge "
+                                             f"({level}; the Random-shared arm, not in the paper).")):
+            diff = common.summarise(x - y for x, y in zip(avg[f"{level}|{arm}"]["values"],
+                                                          avg[f"{level}|Random"]["values"]))
+            out.append(common.finding(claim, f"task average: {arm} {common.show(avg[f'{level}|{arm}'], 1)}, Random "
+                                             f"{common.show(avg[f'{level}|Random'], 1)}; {arm} - Random per seed "
+                                             f"{common.show(diff, 1)}", common.versus(diff, 0.0),
+                                      common.DIFFERENCE_RULE, unmet))
     return out

@@ -2,7 +2,7 @@
 merged directly and with Fisher weights, then finetuned for 0 (the merge alone) up to 4x the scale's
 MFF steps per task; each task's score against its own unmerged DT. Not a figure of the paper: it
 answers why the demo's bundle (`--scale demo` trains the demo's own models) scores below its
-single-task DTs. D4RL-normalised (-v5), mean +/- s.e. over seeds."""
+single-task DTs. D4RL-normalised (-v5), mean and 95% bootstrap interval over seeds."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def nodes(scale: Scale) -> dict:
     for seed in range(scale.seeds):
         dts = {t: common.dt(scale, t, "medium", seed) for t in TASKS}
         inputs = {"direct": dts,
-                  "Fisher": {t: Node("fisher", {"estimator": "exact", "batches": 1, "batch_size": 64, "seed": seed},
-                                     {"model": dts[t]}) for t in TASKS}}
+                  "Fisher": {t: common.fisher(scale, dts[t], seed) for t in TASKS}}
         for t in TASKS:
+            out[f"data|{t}|medium"] = common.dataset(scale, t, "medium")
             out[f"single|{t}|{seed}"] = common.evaluation(scale, dts[t], t)
         for name, method in METHODS.items():
             merge = {"select": ["attn", "mlp"], "method": method, "format": "bundle"}
@@ -54,9 +54,11 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         for s in steps:
             for t in TASKS:
                 cells[f"{name}|{s}|{t}"] = common.seed_scores(results, f"{name}|{s}|{t}", scale.seeds)
-    fmt = lambda c: f"{c['mean']:.1f} ± {c['se']:.1f}"  # noqa: E731
+    fmt = lambda c: common.show(c, 1)  # noqa: E731
+    base = common.base_models(scale, results, {f"{t} medium": (t, "medium", f"single|{t}") for t in TASKS})
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score of each task's head of the bundle after this many finetuning "
-             f"steps per task (0: the merge alone), mean ± s.e. over {scale.seeds} seed(s), {scale.episodes} episodes "
+             f"steps per task (0: the merge alone), mean [95% bootstrap interval] over {scale.seeds} seed(s), "
+             f"{scale.episodes} episodes "
              f"each (scale {scale.name}: DTs trained {scale.steps} steps on {scale.transitions:,}-transition medium "
              "datasets). `single`: each task's own unmerged DT.", "",
              "| method | steps | " + " | ".join(TASKS) + " | average |", "| --- | --- |" + " --- |" * (len(TASKS) + 1)]
@@ -66,37 +68,46 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         for s in steps:
             table.append(f"| {name} | {s} | " + " | ".join(fmt(cells[f"{name}|{s}|{t}"]) for t in TASKS)
                          + f" | {common.task_average(cells, f'{name}|{s}'):.1f} |")
+    table += common.base_table(base)
 
     def draw(ax):
         for i, t in enumerate(TASKS):
             ax.axhline(cells[f"single|{t}"]["mean"], color=f"C{i}", lw=0.8, ls=":")
             for name, style in zip(METHODS, ("--", "-")):
                 ax.errorbar(steps, [cells[f"{name}|{s}|{t}"]["mean"] for s in steps],
-                            yerr=[cells[f"{name}|{s}|{t}"]["se"] for s in steps], color=f"C{i}", ls=style,
+                            yerr=common.error_bars([cells[f"{name}|{s}|{t}"] for s in steps]), color=f"C{i}", ls=style,
                             marker="o", ms=3, capsize=2, label=f"{t}, {name}")
         ax.set_xlabel("finetuning steps per task (dotted: the unmerged DT)")
         ax.set_ylabel(SCORE_LABEL)
         ax.set_title(TITLE + f" ({scale.name})", fontsize=9)
         ax.legend(fontsize=6, ncol=3)
 
-    return common.publish(out, NAME, scale, {"steps": steps, "cells": cells}, table, draw)
+    return common.publish(out, NAME, scale, {"steps": steps, "cells": cells, "base_models": base}, table, draw)
 
 
 def findings(summary: dict) -> list[dict]:
-    cells, steps = summary["cells"], summary["steps"]
-    single = common.task_average(cells, "single")
-    curve = {name: [common.task_average(cells, f"{name}|{s}") for s in steps] for name in METHODS}
-    first = {name: next((s for s, v in zip(steps, c) if v >= RECOVERED * single), None) for name, c in curve.items()}
-    reach = ", ".join(f"{name} {'never' if s is None else f'from {s} steps'}" for name, s in first.items())
+    cells, steps, unmet = summary["cells"], summary["steps"], common.unmet(summary["base_models"])
+    seeds = len(cells["single|" + next(iter(TASKS))]["values"])
+
+    def average(row: str) -> list[float]:
+        return [sum(cells[f"{row}|{t}"]["values"][s] for t in TASKS) / len(TASKS) for s in range(seeds)]
+
+    single = average("single")
+    recovered = {name: common.summarise(m / v for m, v in zip(average(f"{name}|{steps[-1]}"), single))
+                 for name in METHODS}
+    best = max(METHODS, key=lambda n: recovered[n]["mean"])
+    gaps = {s: common.paired_difference(cells, f"Fisher|{s}", f"direct|{s}") for s in steps}
+    fisher_ahead = [common.versus(g, 0.0) for g in gaps.values()]
     return [
         common.finding("MFF over attention + MLP recovers the single-task scores given enough finetuning.",
-                       f"task average: single {single:.1f}; after {steps[-1]} steps direct {curve['direct'][-1]:.1f}, "
-                       f"Fisher {curve['Fisher'][-1]:.1f}; {RECOVERED:.0%} of single reached: {reach}",
-                       max(curve["direct"][-1], curve["Fisher"][-1]) >= RECOVERED * single,
-                       f"agrees if either reaches {RECOVERED:.0%} of single by the last step count"),
+                       f"after {steps[-1]} steps, task average / single per seed: " + ", ".join(
+                           f"{n} {common.show(c)}" for n, c in recovered.items()), common.versus(recovered[best],
+                                                                                              RECOVERED),
+                       f"agrees if the better method's interval lies above {RECOVERED:.0%} of single, disagrees if "
+                       "below", unmet),
         common.finding("Fisher beats direct averaging in MFF at every finetuning length.",
-                       "task average, direct / Fisher: " + ", ".join(
-                           f"{s}: {d:.1f} / {f:.1f}" for s, d, f in zip(steps, curve["direct"], curve["Fisher"])),
-                       all(f > d for d, f in zip(curve["direct"], curve["Fisher"])),
-                       "agrees if Fisher's average is higher at every step count"),
+                       "Fisher - direct per seed: " + ", ".join(f"{s}: {common.show(g, 1)}" for s, g in gaps.items()),
+                       True if all(v is True for v in fisher_ahead) else False if any(v is False for v in fisher_ahead)
+                       else None, "agrees if every step count's interval lies above 0, disagrees if any lies below",
+                       unmet),
     ]

@@ -1,26 +1,37 @@
 """How big each scale runs. `smoke` checks the pipeline end to end in the test suite; `mini` is
-sized so the whole suite fits a 2-core machine in about 8 hours; `paper` uses the paper's settings
-and is meant for a GPU or a cluster. `demo` trains the models `dtmerge demo` trains (its seed 0 is the
-demo's run: the same weights given the same threads per process), for looking into the demo with
-the pipeline's tools.
+sized for a 2-core machine; `paper` uses the original code's budgets and is meant for a GPU or a
+cluster. `demo` trains the models `dtmerge demo` trains (its seed 0 is the demo's run: the same
+weights given the same threads per process), for looking into the demo with the pipeline's tools.
 
-mini, and why: a DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.075 s on 2 cores with native bf16, so
-5,000 steps are ~6 minutes a model; by then a DT has fitted 200k-transition datasets to their
-behaviour level. Merge-Freeze-Finetune gets 1,000 steps per task, 20% of training (the paper: 10,000 of
-100,000, 10%), which keeps the whole mini suite near 8 hours on 2 cores.
-10 evaluation episodes per model (batched, ~4 s) give standard errors of a few points; 2 seeds per
-model, as the paper's minimum.
+paper, from the original code's defaults and README commands (the paper's text gives no step
+counts): DTs train 10 x 10,000 = 100k steps with a 10k-step warmup; Merge-Freeze-Finetune finetunes
+10 x 10,000 = 100k steps per task with a fresh 10k warmup, and so does Table V's per-task expert
+finetuning; Table V's multi-task DT is 512 wide with 4 heads and gelu_new; a Fisher comes from
+750 batches of 64 windows (ours uses the exact per-window Fisher, the original the squared
+gradient of batch means: `dtmerge.merge.fisher`); 50 evaluation episodes; L_cos decays by step
+5,000. Every step-defined schedule scales with the run at reduced scales: warmup is 10% of the
+steps everywhere, and L_cos decays by 5% of the training steps (`Scale.cos_until`).
+
+mini, as fractions of paper: DTs 5,000 steps (5%), warmup 500; MFF and finetuning 1,000 steps
+per task (1%: MFF gets a fifth of a DT's training here, the paper a full one); Fisher from one
+batch of 64 windows (1/750); Table V's multi-task DT 128 wide with 1 head and relu (the paper's
+shape would cost 16x a step); 10 evaluation episodes (1/5); 200k-transition datasets (1/5);
+seeds: 5 for the experiments on the expert DTs (Fig. 2a, 2b, 3, Table II), 3 for the rest. Why
+5,000 steps: `dt-curves` measures every base DT's score against its data's at 1,000, 2,500 and
+5,000 steps (the scale's `curve_steps`, kept from the very runs the experiments merge), and at
+5,000 the DTs trained with GPT-2-style embeddings reach their data's level
+(docs/experiments/mini/dt-curves); before that initialisation they reached a fraction of it.
+A DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.105 s on one thread with native bf16
+(9.5 steps/s per worker with 2 workers, measured in the store), ~0.3 s without (AVX2 only, fp32).
 
 Tables III and IV (`lm-init`, `fisher-scale`) are sized down at mini. At the paper's two data
 levels they train 52 DTs (36 from the language model, whose Eq. 5 terms make a step up to 1.6x
-dearer) and 18 three-task MFFs. On a 2-core machine without native bf16 (AVX2 only: fp32, ~0.3 s
-a step per one-thread worker) 5,000 steps and 1,000 MFF steps would take over 30 hours of
-one-worker compute for these two tables alone. So at mini every model of the two tables trains 500
-steps (warmup 50) with 200 MFF steps per task, from a language model pre-trained 1,000 steps, and
-Table III runs the medium level only (Table IV keeps the paper's medium-expert): 2.8 hours of
-one-worker compute measured there, 1.5 h of wall clock with 2 workers. The DTs reach roughly their medium
-data's level (the demo's do by 600 steps), not an expert's. Every model within a table gets the
-same budget, so the comparisons (LM init against Random, Fisher against direct) stay like for like.
+dearer) and 18 three-task MFFs: over 30 hours of one-worker compute without native bf16. So at
+mini every model of the two tables trains 500 steps (warmup 50) with 200 MFF steps per task, from
+a language model pre-trained 1,000 steps, and Table III runs the medium level only (Table IV
+keeps the paper's medium-expert). Every model within a table gets the same budget, so the
+comparisons (LM init against Random, Fisher against direct) stay like for like, and the Single
+baseline trains on for the MFF steps, as many as the merged models had.
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ class Scale:
     search_trials: int = 20  # merges tried by a weight search (alignment experiment)
     levels: tuple[str, ...] = ()  # the data levels an experiment runs, where fewer than the paper's (lm-init)
     sized: dict = field(default_factory=dict)  # experiment name -> fields it overrides at this scale
+    curve_steps: tuple[int, ...] = ()  # steps at which every DT's weights are kept (dt-curves evaluates them)
+    fisher_batches: int = 1  # 64-window batches a Fisher is estimated from (the original: 750)
+    multitask_model: dict = field(default_factory=dict)  # Table V's multi-task DT, where it differs from `model`
 
     def for_experiment(self, name: str) -> "Scale":
         """This scale as experiment `name` runs it (its own sizes where `sized` gives them)."""
@@ -57,11 +71,22 @@ class Scale:
         return {"steps": steps, "warmup_steps": max(1, steps // 10), "batch_size": self.batch_size, "seed": seed,
                 "save_every": max(1, min(1000, steps)), "precision": self.precision}
 
+    def cos_until(self) -> int:
+        """The step by which L_cos has decayed: the paper's 5,000 of 100,000, scaled with the run."""
+        return max(1, round(PAPER_COS_UNTIL * self.steps / PAPER_STEPS))
+
     def train_spec(self, seed: int, **extra) -> dict:
-        return {"steps": self.steps, "warmup_steps": self.warmup_steps, "batch_size": self.batch_size,
+        spec = {"steps": self.steps, "warmup_steps": self.warmup_steps, "batch_size": self.batch_size,
                 "model": self.model, "seed": seed, "save_every": max(1, min(1000, self.steps)),
                 "precision": self.precision, **extra}
+        keep = [s for s in self.curve_steps if s < spec["steps"]]
+        return {**spec, "keep_steps": keep} if keep else spec
 
+
+PAPER_STEPS = 100_000  # the original code's DT training: 10 iterations x 10,000 steps
+PAPER_COS_UNTIL = 5_000
+EXPERT_SEEDS = 5  # the experiments on the expert DTs (Fig. 2a, 2b, 3, Table II) take more seeds than the rest
+EXPERT_EXPERIMENTS = ("per-layer", "incremental", "attention-interp", "mff-subsets")
 
 SCALES = {
     "smoke": Scale("smoke", transitions=2000, steps=20, warmup_steps=5, batch_size=8,
@@ -69,15 +94,20 @@ SCALES = {
                    seeds=1, precision="fp32", finetune_steps=10, search_trials=3,
                    lm={"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64, "seq_len": 32, "batch_size": 4,
                        "steps": 10, "warmup_steps": 2, "vocab_size": 300, "tokenizer": "bpe", "precision": "fp32"},
-                   lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}),
-    "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=2,
+                   lm_terms={"cos_clusters": 20, "lm_seq_len": 32, "lm_batch_size": 2}, curve_steps=(10,)),
+    "mini": Scale("mini", transitions=200_000, steps=5000, warmup_steps=500, batch_size=64, episodes=10, seeds=3,
+                  curve_steps=(1000, 2500),
                   lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2},
                   sized={"lm-init": {"steps": 500, "warmup_steps": 50, "finetune_steps": 200, "levels": ("medium",),
-                                     "lm": {"steps": 1000, "save_every": 250, "tokenizer": "bpe"}}}),
+                                     "lm": {"steps": 1000, "save_every": 250, "tokenizer": "bpe"}},
+                         **{name: {"seeds": EXPERT_SEEDS} for name in EXPERT_EXPERIMENTS}}),
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
-                  finetune_steps=300),
-    "paper": Scale("paper", transitions=1_000_000, steps=100_000, warmup_steps=10_000, batch_size=64, episodes=50,
-                   seeds=2, finetune_steps=10_000, search_trials=50, lm={"steps": 20_000, "tokenizer": "bpe"}),
+                  finetune_steps=300, curve_steps=(150, 300)),
+    "paper": Scale("paper", transitions=1_000_000, steps=PAPER_STEPS, warmup_steps=10_000, batch_size=64, episodes=50,
+                   seeds=3, finetune_steps=100_000, search_trials=50, lm={"steps": 20_000, "tokenizer": "bpe"},
+                   fisher_batches=750, curve_steps=(10_000, 25_000, 50_000),
+                   multitask_model={"n_embd": 512, "n_head": 4, "activation": "gelu_new"},
+                   sized={name: {"seeds": EXPERT_SEEDS} for name in EXPERT_EXPERIMENTS}),
 }
 
 REPORT_EVAL_SEED = 10_000  # reported episodes start at this reset seed; selection episodes stay below it

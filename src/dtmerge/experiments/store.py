@@ -23,8 +23,9 @@ from dtmerge.errors import DtmergeError
 
 STORE_FORMAT = "dtmerge.artifact/1"
 # A kind listed here was changed after artifacts of it were made: its keys (only) move on, so the
-# old artifacts are made again. search 2: proposals independent of stops (seeded TPE, replayed CMA-ES).
-REVISIONS = {"search": 2}
+# old artifacts are made again. search 2: proposals independent of stops (seeded TPE, replayed CMA-ES);
+# dt 2: starts from per-task init seeds with GPT-2-style embeddings, and records the loss curve.
+REVISIONS = {"search": 2, "dt": 2}
 
 
 @dataclass(frozen=True, eq=False)

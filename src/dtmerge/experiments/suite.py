@@ -11,16 +11,21 @@ from dtmerge.atomic import atomic_path, read_json, write_json
 from dtmerge.data.make import data_home
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments import EXPERIMENTS, runner
+from dtmerge.experiments.common import SUMMARY_FORMAT
 from dtmerge.experiments.scales import SCALES, Scale
 from dtmerge.experiments.store import Store
 from dtmerge.outputs import claim_outputs, run_directory
 
 
 def scale_of(name: str, seeds: int | None = None) -> Scale:
+    """A scale by name; `seeds` given replaces its seed count for every experiment."""
     if name not in SCALES:
         raise DtmergeError(f"unknown scale {name!r}; scales: {', '.join(SCALES)}")
     scale = SCALES[name]
-    return dataclasses.replace(scale, seeds=seeds) if seeds else scale
+    if not seeds:
+        return scale
+    sized = {exp: {k: v for k, v in fields.items() if k != "seeds"} for exp, fields in scale.sized.items()}
+    return dataclasses.replace(scale, seeds=seeds, sized=sized)
 
 
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int = 1, store=None,
@@ -35,18 +40,19 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
         raise DtmergeError(f"unknown executor {executor!r}: local or ray")
     out = Path(out)
     scale = scale_of(scale_name, seeds)
-    claim_outputs([out], [], overwrite, resume)
     store = Store(store or data_home() / "store")
+    claim_outputs([out], [store.root], overwrite, resume)  # an --out over the store would replace the store
     if resume and (out / "run.json").is_file():
         saved = json.loads((out / "run.json").read_text())
-        if (saved.get("scale"), saved.get("seeds")) != (scale.name, scale.seeds):
-            raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {saved.get('seeds')} seed(s); "
+        if (saved.get("scale"), saved.get("seeds")) != (scale.name, seeds):
+            given = lambda n: "no --seeds" if n is None else f"--seeds {n}"  # noqa: E731
+            raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {given(saved.get('seeds'))}; "
                                f"resume it with the same --scale and --seeds, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
-    targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale).values()]
+    targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale.for_experiment(name)).values()]
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite) as work:
-        write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": scale.seeds,
+        write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
                                        "store": str(store.root.resolve())})
         report(work, echo)
     return out
@@ -65,22 +71,25 @@ def report(out, echo=print) -> dict:
     scale, store = scale_of(saved["scale"], saved["seeds"]), Store(saved["store"])
     summaries = {}
     for name in saved["experiments"]:
-        module = EXPERIMENTS[name]
-        nodes = module.nodes(scale)
+        module, sized = EXPERIMENTS[name], scale.for_experiment(name)
+        nodes = module.nodes(sized)
         missing = [k for k, n in nodes.items() if not store.done(n)]
         if missing and (out / name / "results.json").is_file():
-            summaries[name] = kept_summary(out / name / "results.json", name, scale)
+            summaries[name] = kept_summary(out / name / "results.json", name, sized)
             echo(f"{name}: {len(missing)} result(s) not in the store {store.root}; kept {out / name / 'results.json'}")
             continue
         if missing:
             raise DtmergeError(f"{name}: {len(missing)} result(s) not in the store {store.root} yet (e.g. "
                                f"{missing[0]}); run the experiment first")
         results = {k: store.result(n) for k, n in nodes.items()}
-        summaries[name] = module.report(scale, results, out / name)
+        summaries[name] = module.report(sized, results, out / name)
         echo(f"{name}: {out / name / 'results.md'}")
-    lines = [f"# Our runs against the paper's claims (scale {scale.name}, {scale.seeds} seed(s))", "",
-             "Each line: the paper's claim, what our run measured, and the rule that judged it. The numbers are in "
-             "each experiment's results.md.", ""]
+    seeds = sorted({scale.for_experiment(name).seeds for name in summaries})
+    lines = [f"# Our runs against the paper's claims (scale {scale.name}, {' or '.join(map(str, seeds))} seed(s))", "",
+             "Each line: the paper's claim, what our run measured (mean [95% bootstrap interval over seeds]), and the "
+             "rule that judged it: agrees or disagrees when the interval lies on one side of the claim, inconclusive "
+             "when it straddles it or when the experiment's base models have not learned their data. The numbers "
+             "are in each experiment's results.md.", ""]
     for name, summary in summaries.items():
         for f in EXPERIMENTS[name].findings(summary):
             lines.append(f"- **{f['verdict']}** — {f['claim']} Ours: {f['ours']} ({f['rule']}; `{name}`).")
@@ -96,6 +105,9 @@ def kept_summary(file: Path, name: str, scale: Scale) -> dict:
         summary = read_json(file)
     except ValueError as e:
         raise DtmergeError(str(e)) from None
+    if summary.get("summary_format") != SUMMARY_FORMAT:
+        raise DtmergeError(f"{file}: written by an older dtmerge (summary_format {summary.get('summary_format')}, this "
+                           f"one reads {SUMMARY_FORMAT}); run the experiment again to judge it with intervals")
     found = (summary.get("experiment"), summary.get("scale"), summary.get("seeds"))
     if found != (name, scale.name, scale.seeds):
         raise DtmergeError(f"{file}: holds {found[0]!r} at scale {found[1]!r} with {found[2]} seed(s), not {name!r} "
