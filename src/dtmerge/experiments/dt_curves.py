@@ -112,7 +112,9 @@ def _draw(axes, scale: Scale, rows: list[dict], curves: dict) -> None:
         ax.set_title(f"{level} ({scale.name})", fontsize=9)
         ax.set_xlabel("training steps")
     axes[0].set_ylabel(f"{SCORE_LABEL} (dotted: the data's mean)")
-    axes[0].legend(fontsize=6)
+    for ax in axes[:len(LEVELS)]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     loss = axes[-1]
     for i, t in enumerate(TASKS):
         for level, style in zip(LEVELS, ("-", "--", ":")):
