@@ -71,6 +71,12 @@ def task_average(cells: dict, row: str) -> float:
     return sum(cells[f"{row}|{t}"]["mean"] for t in TASKS) / len(TASKS)
 
 
+def seed_averages(cells: dict, row: str) -> list[float]:
+    """A table row's task average, seed by seed (`cells[f"{row}|{task}"]["values"]` per seed)."""
+    per_task = [cells[f"{row}|{t}"]["values"] for t in TASKS]
+    return [sum(values) / len(TASKS) for values in zip(*per_task)]
+
+
 def summarise(values) -> dict:
     """Mean, standard error (0 for a single value), 95% bootstrap interval (`interval`) and the
     values themselves: pass one value per seed (anything within a seed averaged first)."""
@@ -115,6 +121,12 @@ def versus(ci: dict, threshold: float) -> bool | None:
     if ci["hi"] < threshold:
         return False
     return None
+
+
+def every(outcomes) -> bool | None:
+    """Several interval outcomes as one: True if all are, False if any is False, None otherwise."""
+    outcomes = list(outcomes)
+    return True if all(o is True for o in outcomes) else False if any(o is False for o in outcomes) else None
 
 
 def below(ci: dict, threshold: float) -> bool | None:
@@ -226,9 +238,7 @@ def finding(claim: str, ours: str, agrees: bool | None, rule: str, precondition:
 def paired_difference(cells: dict, better: str, worse: str) -> dict:
     """Task-average score of row `better` minus row `worse`, seed by seed (both rows come from the
     same seeds' models), summarised; the finding's noise band."""
-    per_seed = [np.mean([cells[f"{better}|{t}"]["values"][s] - cells[f"{worse}|{t}"]["values"][s] for t in TASKS])
-                for s in range(len(cells[f"{better}|{next(iter(TASKS))}"]["values"]))]
-    return summarise(per_seed)
+    return summarise(b - w for b, w in zip(seed_averages(cells, better), seed_averages(cells, worse)))
 
 
 DIFFERENCE_RULE = ("agrees if the 95% interval of the per-seed difference of task averages lies above 0, disagrees "

@@ -131,10 +131,9 @@ def findings(summary: dict) -> list[dict]:
     recipe = [r for r in summary["rows"] if r["schedule"] == "recipe"]
     short = [f"{r['task']} {r['level']} {common.show(r['of_data'])}" for r in recipe if r["learned"] is not True]
     learned = [r["learned"] for r in recipe]
-    agrees = True if all(v is True for v in learned) else False if any(v is False for v in learned) else None
     return [common.finding(
         f"Precondition of every merging result: each unmerged DT reaches {common.LEARNED:.0%} of its data's mean "
         "score.",
         f"{sum(v is True for v in learned)} of {len(recipe)} DTs at the recipe's {recipe[0]['steps']} steps"
-        + (f"; not shown for: {', '.join(short)}" if short else ""), agrees,
+        + (f"; not shown for: {', '.join(short)}" if short else ""), common.every(learned),
         f"per DT, the 95% interval of DT / data over seeds above {common.LEARNED:.0%}; agrees if every DT's is")]

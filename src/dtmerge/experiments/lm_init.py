@@ -68,33 +68,26 @@ def multi_task(scale: Scale, level: str, seed: int) -> Node:
 
 
 def nodes(scale: Scale) -> dict:
-    scale = scale.for_experiment(NAME)
     out = {}
     for seed in range(scale.seeds):
         for level in scale.levels or LEVELS:
-            bundles = {name: mff(scale, {t: lm_dt(scale, t, level, preset, seed) for t in TASKS}, seed)
-                       for name, preset in VARIANTS.items()}
-            bundles["Random"] = mff(scale, {t: common.dt(scale, t, level, seed) for t in TASKS}, seed)
-            bundles["Random-shared"] = mff(scale, {t: common.shared_start_dt(scale, t, level, seed) for t in TASKS},
-                                           seed)
+            starts = {name: {t: lm_dt(scale, t, level, preset, seed) for t in TASKS}
+                      for name, preset in VARIANTS.items()}
+            starts["Random"] = {t: common.dt(scale, t, level, seed) for t in TASKS}
+            starts["Random-shared"] = {t: common.shared_start_dt(scale, t, level, seed) for t in TASKS}
+            bundles = {name: mff(scale, dts, seed) for name, dts in starts.items()}
             bundles["Multi"] = multi_task(scale, level, seed)
             for t in TASKS:
                 out[f"data|{t}|{level}"] = common.dataset(scale, t, level)
                 for name, bundle in bundles.items():
                     out[f"{level}|{name}|{t}|{seed}"] = common.evaluation(scale, bundle, t, bundle_task=True)
                 out[f"{level}|Single|{t}|{seed}"] = common.evaluation(scale, single(scale, t, level, seed), t)
-                for name, preset in VARIANTS.items():  # the unmerged models, for the base-models table
-                    out[f"{level}|{name} unmerged|{t}|{seed}"] = common.evaluation(
-                        scale, lm_dt(scale, t, level, preset, seed), t)
-                out[f"{level}|Random unmerged|{t}|{seed}"] = common.evaluation(
-                    scale, common.dt(scale, t, level, seed), t)
-                out[f"{level}|Random-shared unmerged|{t}|{seed}"] = common.evaluation(
-                    scale, common.shared_start_dt(scale, t, level, seed), t)
+                for name, dts in starts.items():  # the unmerged models, for the base-models table
+                    out[f"{level}|{name} unmerged|{t}|{seed}"] = common.evaluation(scale, dts[t], t)
     return out
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
-    scale = scale.for_experiment(NAME)
     levels = list(scale.levels or LEVELS)
     cells = {}
     for level in levels:
@@ -102,8 +95,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             for t in TASKS:
                 cells[f"{level}|{name}|{t}"] = common.seed_scores(results, f"{level}|{name}|{t}", scale.seeds)
     order = ("halfcheetah", "hopper", "walker2d")  # the paper's row order
-    averages = {f"{lv}|{c}": common.summarise(sum(cells[f"{lv}|{c}|{t}"]["values"][s] for t in TASKS) / len(TASKS)
-                                              for s in range(scale.seeds)) for lv in levels for c in COLUMNS}
+    averages = {f"{lv}|{c}": common.summarise(common.seed_averages(cells, f"{lv}|{c}")) for lv in levels
+                for c in COLUMNS}
     unmerged = [c for c in COLUMNS if c not in ("Multi", "Single")]
     base = common.base_models(scale, results, {f"{c} {t} {lv}": (t, lv, f"{lv}|{c} unmerged|{t}")
                                                for lv in levels for c in unmerged for t in TASKS})

@@ -87,17 +87,11 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 
 def findings(summary: dict) -> list[dict]:
     cells, steps, unmet = summary["cells"], summary["steps"], common.unmet(summary["base_models"])
-    seeds = len(cells["single|" + next(iter(TASKS))]["values"])
-
-    def average(row: str) -> list[float]:
-        return [sum(cells[f"{row}|{t}"]["values"][s] for t in TASKS) / len(TASKS) for s in range(seeds)]
-
-    single = average("single")
-    recovered = {name: common.summarise(m / v for m, v in zip(average(f"{name}|{steps[-1]}"), single))
-                 for name in METHODS}
+    single = common.seed_averages(cells, "single")
+    recovered = {name: common.summarise(m / v for m, v in zip(common.seed_averages(cells, f"{name}|{steps[-1]}"),
+                                                              single)) for name in METHODS}
     best = max(METHODS, key=lambda n: recovered[n]["mean"])
     gaps = {s: common.paired_difference(cells, f"Fisher|{s}", f"direct|{s}") for s in steps}
-    fisher_ahead = [common.versus(g, 0.0) for g in gaps.values()]
     return [
         common.finding("MFF over attention + MLP recovers the single-task scores given enough finetuning.",
                        f"after {steps[-1]} steps, task average / single per seed: " + ", ".join(
@@ -107,7 +101,6 @@ def findings(summary: dict) -> list[dict]:
                        "below", unmet),
         common.finding("Fisher beats direct averaging in MFF at every finetuning length.",
                        "Fisher - direct per seed: " + ", ".join(f"{s}: {common.show(g, 1)}" for s, g in gaps.items()),
-                       True if all(v is True for v in fisher_ahead) else False if any(v is False for v in fisher_ahead)
-                       else None, "agrees if every step count's interval lies above 0, disagrees if any lies below",
-                       unmet),
+                       common.every(common.versus(g, 0.0) for g in gaps.values()),
+                       "agrees if every step count's interval lies above 0, disagrees if any lies below", unmet),
     ]
