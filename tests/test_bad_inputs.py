@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
@@ -58,7 +59,8 @@ def _snapshot(root: Path) -> dict[str, str]:
             p = Path(dirpath) / name
             rel = str(p.relative_to(root))
             out[rel] = "dir" if p.is_dir() and not p.is_symlink() else (
-                f"link:{os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest())
+                f"link:{os.readlink(p)}" if p.is_symlink() else
+                hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "special")
     return out
 
 
@@ -445,7 +447,7 @@ def config_mff_finetune_sets_init(ws):
     return ["mff", "mff.yaml"]
 
 
-@case("cannot read YAML config")
+@case("train.yaml: not a YAML document dtmerge can read")
 def config_train_broken_yaml(ws):
     (ws / "train.yaml").write_text("dataset: [unclosed\n")
     return ["train", "--config", "train.yaml"]
@@ -685,8 +687,246 @@ def search_resumed_from_a_damaged_study(ws):
     return ["search", "search.yaml", "--resume", "--quiet"]
 
 
+# --- class by class: each generator mutates one valid input in every way a class holds -------------
+
+def register(name: str, expect: str, prepare) -> None:
+    prepare.__name__ = name
+    CASES.append(pytest.param(prepare, expect, id=name))
+
+
+ARRAY_DAMAGE = {  # D4RL array -> what replaces it
+    "strings": lambda a: np.array([b"x"] * len(a)),
+    "complex": lambda a: a.astype(np.complex64),
+    "compound": lambda a: np.zeros(len(a), dtype=[("x", "f4"), ("y", "f4")]),
+    "scalar": lambda a: np.float32(1.0),
+    "three_d": lambda a: np.zeros((len(a), 2, 2), np.float32),
+}
+for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+    for damage, change in ARRAY_DAMAGE.items():
+        def prepare(ws, key=key, change=change):
+            arrays = _d4rl()
+            _write_h5(ws / "hopper-x.hdf5", **{**arrays, key: change(arrays[key])})
+            return ["data", "info", "hopper-x.hdf5"]
+        register(f"hdf5_{key}_{damage}", f"hopper-x.hdf5: '{key}'", prepare)
+
+
+def _h5_file_damage(ws, how):
+    path = ws / "hopper-x.hdf5"
+    arrays = _d4rl(n=4000)
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            if k == "observations" and how == "external_link":
+                f["observations"] = h5py.ExternalLink("data.hdf5", "/observations")
+            else:
+                f.create_dataset(k, data=v, compression="gzip" if k == "observations" else None,
+                                 chunks=(500, 11) if k == "observations" else None)
+        if how == "attribute_not_json":
+            f.attrs["dtmerge"] = "{broken"
+        if how == "attribute_a_list":
+            f.attrs["dtmerge"] = "[1, 2]"
+        if how == "attribute_not_utf8":
+            f.attrs["note"] = np.bytes_(b"\xff\xfe")
+        if how == "flags_not_0_1":
+            del f["terminals"]
+            f.create_dataset("terminals", data=np.full(4000, 2, np.int8))
+        if how == "attribute_nested":
+            f.attrs["dtmerge"] = "[" * 5000 + "]" * 5000
+    if how == "corrupt_chunks":
+        with h5py.File(path, "r") as f:
+            offset = f["observations"].id.get_chunk_info(1).byte_offset
+        data = bytearray(path.read_bytes())
+        data[offset:offset + 64] = b"\x00" * 64
+        path.write_bytes(bytes(data))
+    return ["data", "info", "hopper-x.hdf5"]
+
+
+for how, expect in (("external_link", "'observations' links to another file"),
+                    ("corrupt_chunks", "cannot read 'observations'"),
+                    ("attribute_not_json", "attribute 'dtmerge': not valid JSON"),
+                    ("attribute_a_list", "attribute 'dtmerge' should be a JSON object"),
+                    ("attribute_nested", "attribute 'dtmerge': JSON nested more than 64 deep"),
+                    ("attribute_not_utf8", "attribute 'note' is not UTF-8 text"),
+                    ("flags_not_0_1", "'terminals' must hold true/false (0/1) values")):
+    register(f"hdf5_file_{how}", expect, lambda ws, how=how: _h5_file_damage(ws, how))
+
+
+def _minari(ws, metadata=None, raw_metadata: bytes | None = None, episode=None):
+    """A small Minari dataset directory `mini/`, damaged as asked."""
+    data = ws / "mini" / "data"
+    data.mkdir(parents=True)
+    meta = {"dataset_id": "mini/x-v0", "data_format": "hdf5", "env_spec": '{"id": "Hopper-v5"}', **(metadata or {})}
+    (data / "metadata.json").write_bytes(raw_metadata if raw_metadata is not None else json.dumps(meta).encode())
+    n = 20
+    arrays = {"observations": np.zeros((n + 1, 11), np.float32), "actions": np.zeros((n, 3), np.float32),
+              "rewards": np.ones(n, np.float32), "terminations": np.zeros(n, bool), "truncations": np.zeros(n, bool)}
+    with h5py.File(data / "main_data.hdf5", "w") as f:
+        if episode == "a_dataset":
+            f.create_dataset("episode_0", data=np.zeros(3))
+        else:
+            ep = f.create_group("episode_0")
+            for k, v in arrays.items():
+                if k == episode:
+                    ep.create_group(k)
+                elif episode == "strings" and k == "terminations":
+                    ep.create_dataset(k, data=np.array([b"no"] * n))
+                else:
+                    ep.create_dataset(k, data=v)
+    return ["data", "info", "mini"]
+
+
+for name, kwargs, expect in (
+        ("metadata_a_list", {"raw_metadata": b"[1, 2]"}, "metadata.json: expected a JSON object"),
+        ("metadata_not_utf8", {"raw_metadata": b'{"dataset_id": "\xff"}'}, "metadata.json: not UTF-8 text"),
+        ("metadata_nested", {"raw_metadata": b"[" * 3000 + b"]" * 3000}, "metadata.json: JSON nested more than"),
+        ("data_format_a_number", {"metadata": {"data_format": 5}}, "data_format should be str"),
+        ("dataset_id_a_list", {"metadata": {"dataset_id": ["a"]}}, "dataset_id should be str"),
+        ("env_spec_a_number", {"metadata": {"env_spec": 3}}, "env_spec should be str or dict"),
+        ("actions_a_group", {"episode": "actions"}, "'episode_0/actions' is a group"),
+        ("rewards_a_group", {"episode": "rewards"}, "'episode_0/rewards' is a group"),
+        ("episode_an_array", {"episode": "a_dataset"}, "episode_0 is an array, expected an episode group"),
+        ("terminations_strings", {"episode": "strings"}, "terminations and truncations must be true/false")):
+    register(f"minari_{name}", expect, lambda ws, kwargs=kwargs: _minari(ws, **kwargs))
+
+
+def _special(path: Path, kind: str) -> None:
+    """Replace metadata file `path` by something no metadata file should be."""
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "nested":
+        path.write_text("[" * 10_000 + "]" * 10_000)
+    elif kind == "not_utf8":
+        path.write_bytes(b'{"task": "\xff\xfe"}')
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(65 << 20)
+
+
+SPECIAL = {"fifo": "not a regular file", "dev_zero": "not a regular file", "nested": "JSON nested more than 64",
+           "not_utf8": "not UTF-8 text", "huge": "larger than 64 MiB"}
+for document, file, args in (("meta", "hopper/meta.json", ["info", "hopper"]),
+                             ("bundle", "bundle/bundle.json", ["info", "bundle"]),
+                             ("fisher", "hopper/fisher.json", ["merge", "--model", "hopper", "--model", "walker2d",
+                                                               "--method", "fisher", "--output", "m"])):
+    for kind, expect in SPECIAL.items():
+        def prepare(ws, file=file, kind=kind, args=args):
+            _special(ws / file, kind)
+            return args
+        register(f"json_{document}_{kind}", f"{Path(file).name}: {expect}", prepare)
+
+
+YAML_DAMAGE = {
+    "nested": ("models: " + "[" * 5000 + "]" * 5000, "YAML nested more than 64"),
+    "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6)),
+        "YAML expands to more than 100,000 values"),
+    "python_tag": ("models: !!python/object/apply:os.system [echo hacked]\n", "could not determine a constructor"),
+    "not_utf8": (b"models: [\xff]\n", "not UTF-8 text"),
+    "a_list": ("- models\n- output\n", "must be a mapping of option: value"),
+}
+for command, file in (("merge", "merge.yaml"), ("train", "train.yaml"), ("mff", "mff.yaml"),
+                      ("search", "search.yaml")):
+    for damage, (text, expect) in YAML_DAMAGE.items():
+        def prepare(ws, command=command, file=file, text=text):
+            (ws / file).write_bytes(text if isinstance(text, bytes) else text.encode())
+            return [command, "--config", file] if command == "train" else [command, file]
+        register(f"yaml_{command}_{damage}", expect if damage in ("python_tag", "a_list") else f"{file}: {expect}",
+                 prepare)
+
+
+def _weights(ws, model: str, damage: str) -> None:
+    f = ws / model / "model.safetensors"
+    if damage == "truncated":
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "header_garbage":
+        f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header!!}" + f.read_bytes()[24:])
+    else:
+        t = load_file(f)
+        name = "transformer.h.0.attn.c_attn.weight" if damage != "nan_embedding" else "embed_state.weight"
+        if damage == "missing_tensor":
+            del t[name]
+        elif damage == "misshaped":
+            t[name] = t[name][:, :-1].contiguous()
+        elif damage == "float8":
+            t[name] = t[name].to(torch.float8_e4m3fn)
+        else:
+            t[name][0, 0] = float("nan")
+        save_file(t, f)
+
+
+WEIGHT_DAMAGE = {"truncated": "not a readable safetensors file", "header_garbage": "not a readable safetensors file",
+                 "missing_tensor": "tensors do not match the model config", "misshaped": "has shape",
+                 "nan_embedding": "embed_state.weight contains NaN or inf", "float8": "has dtype float8_e4m3fn"}
+MERGE = ["merge", "--model", "hopper", "--model", "walker2d", "--output", "m"]
+for damage, expect in WEIGHT_DAMAGE.items():
+    for model in ("hopper", "walker2d"):  # the first model of a merge and a later one
+        for how, args in (("merge", MERGE), ("dry_run", MERGE + ["--dry-run"])):
+            def prepare(ws, model=model, damage=damage, args=args):
+                _weights(ws, model, damage)
+                return args
+            register(f"weights_{how}_{model}_{damage}", f"{model}/model.safetensors: ", prepare)
+    register(f"weights_info_{damage}", f"hopper/model.safetensors: ",
+             lambda ws, damage=damage: (_weights(ws, "hopper", damage), ["info", "hopper"])[1])
+
+
+def _train(ws, *extra):
+    return ["train", "--dataset", "data.hdf5", "--out", "run", "--steps", "3", "--warmup-steps", "1",
+            "--batch-size", "4", "--n-embd", "16", "--n-layer", "1", "--context-len", "5", "--eval-episodes", "0",
+            "--quiet", *extra]
+
+
+NUMBERS = [  # (name, args, expect): numbers out of range, on the command line and in configs
+    *((f"seed_{cmd}_{v}", args + ["--seed", v], "Invalid value for '--seed'")
+      for v in ("-1", str(2**64)) for cmd, args in (
+          ("eval", ["eval", "hopper", "--episodes", "1"]), ("fisher", ["fisher", "hopper", "--overwrite"]),
+          ("align", ["align", "hopper", "walker2d", "aligned"]), ("perturb", ["perturb", "hopper", "p", "--kind", "random"]),
+          ("demo", ["demo", "--out", "d"]))),
+    *((f"seed_train_{v}", _train(None, "--seed", v), "seed: Input should be") for v in ("-1", str(2**64))),
+    *((f"seed_dare_{v}", MERGE + ["--method", "dare", "--base", "hopper", "--force", "--param", f"seed={v}"],
+       "parameter seed=") for v in ("-1", str(2**64))),
+    ("precision_eval_fp16", ["eval", "hopper", "--precision", "fp16"], "Invalid value for '--precision'"),
+    ("precision_train_fp16", _train(None, "--precision", "fp16"), "precision: Input should be"),
+    ("device_eval_cuda99", ["eval", "hopper", "--episodes", "1", "--device", "cuda:99"], "--device 'cuda:99'"),
+    ("device_eval_bogus", ["eval", "hopper", "--episodes", "1", "--device", "toaster"], "--device 'toaster'"),
+    ("device_train_cuda99", _train(None, "--device", "cuda:99"), "--device 'cuda:99'"),
+    ("device_train_bogus", _train(None, "--device", "toaster"), "--device 'toaster'"),
+    ("lr_inf", _train(None, "--lr", "inf"), "lr: Input should be a finite number"),
+    ("lr_diverges", _train(None, "--lr", "1e30", "--warmup-steps", "1"), "is not finite"),
+    ("batch_too_large", _train(None, "--batch-size", str(10**9)), "batch_size: Input should be less than"),
+    ("fisher_batch_too_large", ["fisher", "hopper", "--batch-size", str(10**9), "--overwrite"],
+     "Invalid value for '--batch-size'"),
+    ("eval_target_nan", ["eval", "hopper", "--episodes", "1", "--target", "nan"], "RTG targets must be finite"),
+    ("merge_alpha_huge", MERGE + ["--method", "interpolate", "--param", "alpha=1e30"], "must be finite and within"),
+    ("merge_weights_overflow", MERGE + ["--param", "weights=[1e38, 1e38]"], "must be finite and within"),
+    ("demo_zero_episodes", ["demo", "--out", "d", "--episodes", "0"], "Invalid value for '--episodes'"),
+]
+for name, args, expect in NUMBERS:
+    register(f"number_{name}", expect, lambda ws, args=args: args)
+
+
+@case("config.max_ep_len: Input should be less than or equal to 100000")
+def number_max_ep_len_in_meta(ws):
+    _meta(ws, lambda m: m["config"].update(max_ep_len=10**12))
+    return ["info", "hopper"]
+
+
+@case("datasets: no model of task 'hoper'")
+def config_mff_misspelled_task(ws):
+    (ws / "mff.yaml").write_text("merge: {models: [hopper, walker2d], output: m}\noutput: out\n"
+                                 "datasets: {hoper: data.hdf5}\n")
+    return ["mff", "mff.yaml"]
+
+
+@case("missing-model: not a checkpoint directory")
+def leftover_search_with_a_typo(ws):
+    (ws / "search.yaml").write_text("models: [hopper, missing-model]\ntrials: 2\nepisodes: 1\noutput: searched\n")
+    return ["search", "search.yaml", "--quiet"]
+
+
 def test_enough_hostile_inputs():
-    assert len(CASES) >= 40, len(CASES)
+    assert len(CASES) >= 200, len(CASES)
 
 
 def test_every_project_error_survives_a_process_boundary():

@@ -32,7 +32,7 @@ def test_bad_config_is_a_usage_error(tmp_path, hopper_file):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("dataset: [unclosed")
     r = CliRunner().invoke(main, ["train", "--config", str(cfg)])
-    assert r.exit_code == 2 and "bad.yaml: cannot read YAML config" in r.output
+    assert r.exit_code == 2 and "bad.yaml: not a YAML document dtmerge can read" in r.output
 
 
 def test_data_info_and_export(tmp_path, hopper_file):
@@ -81,3 +81,13 @@ def test_multitask_from_the_command_line(tmp_path, task_files):
             "--eval-targets", 100, "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
     assert "| hopper | 100 |" in r.output and "| walker2d | 100 |" in r.output
+
+
+def test_yaml_reads_a_float_without_a_dot_as_the_number_a_user_means(tmp_path):
+    """YAML 1.1 (PyYAML's default) reads `5e-1` as a string; a config means the number."""
+    from dtmerge.merge.engine import load_merge_config
+
+    (tmp_path / "m.yaml").write_text("models: [a, b]\nmethod: interpolate\nparams: {alpha: 5e-1}\noutput: m\n")
+    assert load_merge_config(tmp_path / "m.yaml").params == {"alpha": 0.5}
+    (tmp_path / "m.yaml").write_text("models: [a, b]\nparams: {note: e5}\noutput: m\n")
+    assert load_merge_config(tmp_path / "m.yaml").params == {"note": "e5"}  # not a number: still a string

@@ -153,6 +153,19 @@ def test_task_must_be_known_or_inferable(tmp_path):
     assert load_dataset(named)[1].name == "hopper"
 
 
+def test_minari_export_to_a_relative_root(tmp_path, hopper_file, monkeypatch):
+    pytest.importorskip("minari")
+    from click.testing import CliRunner
+
+    from dtmerge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["data", "export", str(hopper_file), "dtmerge/hopper/rel-v0", "--format", "minari",
+                                  "--minari-root", "datasets"])
+    assert r.exit_code == 0, r.output
+    assert read_minari(tmp_path / "datasets" / "dtmerge/hopper/rel-v0").num_trajectories > 0
+
+
 def test_bad_minari_episode(tmp_path):
     data = tmp_path / "ds" / "data"
     data.mkdir(parents=True)

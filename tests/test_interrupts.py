@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dtmerge.store.checkpoint import load_checkpoint
 from dtmerge.train import TrainConfig, train
+from conftest import TINY
 
 CLI = [sys.executable, "-c", "from dtmerge.cli import main; main()"]
 STEPS, SAVE_EVERY = 1500, 50
@@ -135,3 +138,83 @@ def test_a_killed_experiment_run_resumes_without_remaking_anything(tmp_path):
     assert straight.wait(timeout=600) == 0
     a, b = ((tmp_path / d / "incremental" / "results.json").read_text() for d in ("killed", "straight"))
     assert json.loads(a)["curves"] == json.loads(b)["curves"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_fisher_stopped_between_its_two_files_leaves_the_old_pair(tmp_path, task_models, monkeypatch):
+    from dtmerge.merge import fisher as fisher_module
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(task_models["hopper"], ckpt)
+    fisher_module.compute_fisher(ckpt, batches=1, batch_size=4, progress=False)
+    before = _files(ckpt)
+
+    def stopped(*args):  # the tensors are written; the process stops before fisher.json
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fisher_module, "write_json", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        fisher_module.compute_fisher(ckpt, batches=1, batch_size=4, seed=1, progress=False, overwrite=True)
+    assert _files(ckpt) == before and not _leftovers(tmp_path)
+    assert fisher_module.read_fisher_meta(ckpt)["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no lock file or copy left behind
+
+
+def test_a_second_writer_of_one_output_is_refused(tmp_path, task_models, hopper_file):
+    from dtmerge.merge.fisher import compute_fisher
+    from dtmerge.outputs import OutputError, writer_lock
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(task_models["hopper"], ckpt)
+    with writer_lock(ckpt):  # as a running `fisher` holds it
+        with pytest.raises(OutputError, match="being written by another process"):
+            compute_fisher(ckpt, batches=1, batch_size=4, progress=False)
+    assert not (ckpt / "fisher.json").exists()
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset=str(hopper_file), out=str(out), steps=2, warmup_steps=1, batch_size=4, device="cpu",
+                      precision="fp32", model=TINY)
+    with writer_lock(out):  # as a running `train --out run` holds it
+        with pytest.raises(OutputError, match="being written by another process"):
+            train(cfg, progress=False)
+    assert not out.exists()
+    train(cfg, progress=False)  # once released, the same command runs
+    assert (out / "checkpoint" / "model.safetensors").is_file() and not (tmp_path / ".run.lock").exists()
+
+
+def test_an_output_made_after_the_claim_is_refused(tmp_path):
+    from dtmerge.outputs import OutputError, claim_outputs, run_directory
+    out = tmp_path / "run"
+    claim_outputs([out])
+    out.mkdir()  # another command started the same run meanwhile
+    with pytest.raises(OutputError, match="made by another process"):
+        with run_directory(out, overwrite=False):
+            pass
+    with run_directory(out, overwrite=False, resume=True) as d:
+        assert d == out
+
+
+def test_a_held_lock_file_left_by_a_killed_run_is_taken_over(tmp_path):
+    from dtmerge.outputs import writer_lock
+    (tmp_path / ".run.lock").write_text("")  # kill -9 leaves the file, not the lock
+    with writer_lock(tmp_path / "run"):
+        pass
+    assert not (tmp_path / ".run.lock").exists()
+
+
+def test_align_overwrite_with_a_bad_source_fisher_keeps_the_old_output(tmp_path, task_models):
+    from click.testing import CliRunner
+
+    from dtmerge.cli import main
+    from dtmerge.merge.fisher import compute_fisher
+    source, out = tmp_path / "walker2d", tmp_path / "aligned"
+    shutil.copytree(task_models["walker2d"], source)
+    compute_fisher(source, batches=1, batch_size=4, progress=False)
+    args = ["align", str(task_models["hopper"]), str(source), str(out), "--quiet"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = _files(out)
+    tensors = load_file(source / "fisher.safetensors")
+    save_file({k: -v for k, v in tensors.items()}, source / "fisher.safetensors")  # damaged after the first align
+    r = CliRunner().invoke(main, args + ["--overwrite"])
+    assert r.exit_code != 0 and "fisher" in r.output
+    assert _files(out) == before and not _leftovers(tmp_path)

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dtmerge.validate import read_json_file
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -51,6 +53,21 @@ def atomic_dir(path):
         _remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_update(path):
+    """Yield a copy of directory `path` to change, swapped in for it in one step only if the block
+    succeeds: several files change as one unit. The copy is made of hard links (no data copied), so
+    files in it must be replaced by name (`atomic_path` and `write_json` do), never written into."""
+    path = Path(path).resolve()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        shutil.copytree(path, tmp, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+        yield tmp
+        swap(tmp, path)  # tmp now holds the old version
+    finally:
+        _remove(tmp)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -85,14 +102,10 @@ def write_json(path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path) -> dict:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+def read_json(path):
+    """The JSON document in `path`, read within dtmerge's limits (see `dtmerge.validate`); a
+    missing, unreadable or invalid file raises DtmergeError (a ValueError)."""
+    return read_json_file(path)
 
 
 def file_sha256(path) -> str:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 from pydantic import Field, ValidationError
 
 from dtmerge import __version__
@@ -22,12 +23,15 @@ from dtmerge.errors import DtmergeError
 from dtmerge.lm.pretrain import PretrainConfig
 from dtmerge.merge.perturb import KINDS as PERTURBATIONS
 from dtmerge.train import TrainConfig
+from dtmerge.runtime import MAX_BATCH, MAX_SEED, PRECISIONS
 from dtmerge.validate import one_line
 from dtmerge.zoo.collect import CollectConfig
 
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="replace existing outputs (only once the new ones are complete)")
 resume_option = click.option("--resume", is_flag=True, help="continue the stopped run in the output")
+SEED = click.IntRange(0, MAX_SEED)  # every --seed: numpy's global seed takes no larger one
+COUNT = click.IntRange(min=1)
 
 
 class _Group(click.Group):
@@ -53,6 +57,8 @@ class _Group(click.Group):
             raise click.UsageError(one_line(e)) from None
         except (DtmergeError, FileExistsError, FileNotFoundError, ImportError) as e:
             raise click.ClickException(str(e)) from None
+        except (MemoryError, torch.OutOfMemoryError):
+            raise click.ClickException("out of memory: lower --batch-size or the model size") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -98,11 +104,11 @@ def train_cmd(config_file, resume, overwrite, quiet, **flags):
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--episodes", default=10, type=click.IntRange(min=1), help="episodes per RTG target")
+@click.option("--episodes", default=10, type=COUNT, help="episodes per RTG target")
 @click.option("--target", "targets", type=float, multiple=True, help="RTG target (repeatable; default: the task's)")
-@click.option("--seed", default=0, help="episode i starts from reset seed SEED + i")
+@click.option("--seed", default=0, type=SEED, help="episode i starts from reset seed SEED + i")
 @click.option("--device", default="auto", help="auto, cpu, cuda, ...")
-@click.option("--precision", default="auto", help="auto, bf16 or fp32")
+@click.option("--precision", default="auto", type=click.Choice(PRECISIONS), help="auto: bf16 where native")
 @click.option("--task", help="which task of a multi-task bundle")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the results as JSON here")
 @overwrite_option
@@ -119,12 +125,12 @@ def eval_cmd(checkpoint, episodes, targets, seed, device, precision, task, out, 
 
 @main.command("demo")
 @click.option("--out", default="demo-out", help="output directory (runs, results.json, results.md)")
-@click.option("--steps", default=600, help="DT training steps per task")
-@click.option("--finetune-steps", default=1200,
+@click.option("--steps", default=600, type=COUNT, help="DT training steps per task")
+@click.option("--finetune-steps", default=1200, type=COUNT,
               help="MFF finetuning steps per task (`experiment run mff-steps --scale demo`: what fewer give)")
-@click.option("--transitions", default=50_000, help="size of each task's medium dataset")
-@click.option("--episodes", default=10, help="evaluation episodes per task and model")
-@click.option("--seed", default=0, help="seed for data, training and evaluation")
+@click.option("--transitions", default=50_000, type=COUNT, help="size of each task's medium dataset")
+@click.option("--episodes", default=10, type=COUNT, help="evaluation episodes per task and model")
+@click.option("--seed", default=0, type=SEED, help="seed for data, training and evaluation")
 @resume_option
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
@@ -178,7 +184,8 @@ def merge_cmd(config_file, models, target, select, method, params, base, fmt, ou
               help="weights: weight matching; activations: correlations of hidden units on each model's own data")
 @click.option("--windows", default=2048, type=click.IntRange(min=2), show_default=True,
               help="windows of each model's data (activations)")
-@click.option("--seed", default=0, show_default=True, help="order of the weight-matching passes; the window sampler")
+@click.option("--seed", default=0, type=SEED, show_default=True,
+              help="order of the weight-matching passes; the window sampler")
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def align_cmd(target, source, out, method, windows, seed, overwrite, quiet):
@@ -208,9 +215,9 @@ def search_cmd(config_file, resume, quiet):
 @click.option("--estimator", type=click.Choice(["exact", "empirical", "batch"]), default="exact",
               help="exact: Gaussian action-mean Fisher; empirical: squared per-window gradients; "
                    "batch: the original code's squared batch gradients")
-@click.option("--batches", default=4, type=click.IntRange(min=1), help="batches of windows")
-@click.option("--batch-size", default=64, type=click.IntRange(min=1), help="windows per batch")
-@click.option("--seed", default=0, help="seed for the window sampler")
+@click.option("--batches", default=4, type=COUNT, help="batches of windows")
+@click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch")
+@click.option("--seed", default=0, type=SEED, help="seed for the window sampler")
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, overwrite, quiet):
@@ -258,7 +265,7 @@ def finetune_merge_cmd(config_file, resume, overwrite, quiet):
               help="random: fixed random weights; identity: weights 1, biases 0 (the paper's; the same map as "
                    "remove); identity-map: value and output projections the identity; remove: residual only")
 @click.option("--select", multiple=True, default=("attn",), help="attention group(s) to perturb, e.g. h.1.attn")
-@click.option("--seed", default=0, help="seed of the random weights")
+@click.option("--seed", default=0, type=SEED, help="seed of the random weights")
 @overwrite_option
 def perturb_cmd(checkpoint, output, kind, select, seed, overwrite):
     """Write a copy of CHECKPOINT with its attention perturbed (the paper's Table I)."""
@@ -270,16 +277,21 @@ def perturb_cmd(checkpoint, output, kind, select, seed, overwrite):
 @main.command("info")
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 def info_cmd(path):
-    """Print a checkpoint's or bundle's metadata and the paper's transformer-parameter accounting."""
-    from dtmerge.store.bundle import is_bundle, read_bundle_meta, trunk_accounting
-    from dtmerge.store.checkpoint import read_meta
+    """Print a checkpoint's or bundle's metadata and the paper's transformer-parameter accounting
+    (its weights checked first, as loading it would)."""
+    from dtmerge.model import DTConfig
+    from dtmerge.store.bundle import is_bundle, load_bundle_task, read_bundle_meta, trunk_accounting
+    from dtmerge.store.checkpoint import check_weights, read_meta
 
     if is_bundle(path):
         meta = read_bundle_meta(path)
+        for task in meta["tasks"]:
+            load_bundle_task(path, task)
         out = {"bundle": path, "tasks": list(meta["tasks"]), "shared_tensors": len(meta["shared"]),
                "accounting": trunk_accounting(path), "merge": meta.get("merge"), "mff": meta.get("mff")}
     else:
         meta = read_meta(path)
+        check_weights(Path(path) / "model.safetensors", DTConfig(**meta["config"]))
         out = {k: meta[k] for k in ("task", "dataset", "step", "seed", "config", "init") if k in meta}
     click.echo(json.dumps(out, indent=2))
 
@@ -320,14 +332,14 @@ def lm_pretrain(resume, overwrite, quiet, **flags):
 
 
 def _parse_params(items):
-    import yaml
+    from dtmerge.validate import parse_yaml
 
     out = {}
     for item in items:
         if "=" not in item:
             raise click.UsageError(f"--param {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        out[key] = parse_yaml(value, f"--param {key}")
     return out
 
 
@@ -420,7 +432,7 @@ def data_export(dataset, dest, task, fmt, minari_root, overwrite):
 @data_group.command("make")
 @click.argument("dataset_id")
 @click.option("--transitions", type=click.IntRange(min=1), help="size [default: 1M; 2M for medium-expert]")
-@click.option("--seed", default=0, type=click.IntRange(min=0), help="seed for environments and action sampling")
+@click.option("--seed", default=0, type=SEED, help="seed for environments and action sampling")
 @click.option("--minari-id", help="also export as this Minari dataset id (needs dtmerge[minari])")
 @click.option("--minari-root", "minari_root_opt", type=click.Path(file_okay=False),
               help="default: MINARI_DATASETS_PATH")

@@ -15,6 +15,7 @@ from dtmerge.evaluate import evaluate_checkpoint
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
+from dtmerge.errors import DtmergeError
 from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.plots import plot_curves
 from dtmerge.store.bundle import trunk_accounting
@@ -26,7 +27,11 @@ def run_demo(out="demo-out", steps: int = 600, finetune_steps: int = 1200, trans
              progress: bool = True) -> dict:
     """Run the demo into `out`; `resume` continues (and reuses) a stopped or finished demo there."""
     claim_outputs([out], [], overwrite, resume)
-    with run_directory(out, overwrite) as work:
+    for name, value in (("steps", steps), ("finetune_steps", finetune_steps), ("transitions", transitions),
+                        ("episodes", episodes)):
+        if value < 1:  # refused before anything is made
+            raise DtmergeError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    with run_directory(out, overwrite, resume) as work:
         return _demo(work, steps, finetune_steps, transitions, episodes, seed, resume, progress)
 
 

@@ -115,6 +115,8 @@ def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targ
     device = pick_device(str(device))
     precision = resolve_precision(precision, device)
     targets = [float(t) for t in (targets or task.rtg_targets)]
+    if not all(np.isfinite(targets)):
+        raise DtmergeError(f"RTG targets must be finite numbers, got {targets}")
     policy = DTPolicy(model.to(device), task, state_mean, state_std, np.repeat(targets, episodes), rtg_scale,
                       device, precision)
     seeds = [seed + i for _ in targets for i in range(episodes)]

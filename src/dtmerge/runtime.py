@@ -6,27 +6,45 @@ import contextlib
 import hashlib
 import json
 import random
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from dtmerge.errors import DtmergeError
+
+MAX_SEED = 2**32 - 1  # numpy's global seed takes no larger one
+MAX_BATCH = 4096  # windows per batch; the paper's is 64, and much larger ones exhaust memory
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 class RunConfig(BaseModel):
     """Settings every training run shares (DT training, LM pre-training)."""
 
-    model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, description="seed for torch, numpy, dropout and data sampling")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for torch, numpy, dropout and data sampling")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    precision: str = Field("auto", description="auto (bf16 where native), bf16 or fp32")
+    precision: Literal[PRECISIONS] = Field("auto", description="auto (bf16 where native), bf16 or fp32")
     log_every: int = Field(100, gt=0, description="steps between metrics lines")
     save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device `name` asks for, refused unless this machine has it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DtmergeError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise DtmergeError(f"--device {name!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise DtmergeError(f"--device {name!r}: dtmerge runs on cpu or cuda")
+    return device
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -39,8 +57,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision not in PRECISIONS:
+        raise DtmergeError(f"--precision {precision!r}: choose auto, bf16 or fp32")
     if precision == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     return precision

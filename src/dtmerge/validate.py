@@ -1,12 +1,19 @@
-"""Read a JSON metadata file and check it against a pydantic schema before anything uses it.
+"""The checks every metadata file and config passes before anything uses it.
 
-Schemas are strict (no type coercion, no unknown fields, no NaN/inf), and every problem becomes
-one line that names the file and the field: `meta.json: state_std.3: Input should be ...`.
+Files are read only when they are regular files of bounded size (a FIFO would hang, a link to
+/dev/zero would fill memory) holding UTF-8; JSON and YAML are parsed with bounded depth and, for
+YAML, a bounded size once aliases are expanded (a few hundred bytes of aliases can expand to
+gigabytes) and the safe loader only. Schemas are strict (no type coercion, no unknown fields, no
+NaN/inf), and every problem becomes one line that names the file and the field:
+`meta.json: state_std.3: Input should be ...`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +41,112 @@ def one_line(error: ValidationError) -> str:
     return f"{loc}: {message}{more}"
 
 
+MAX_TEXT_BYTES = 64 << 20  # far above any metadata file or config dtmerge writes
+MAX_DEPTH = 64  # nesting of a JSON or YAML document
+MAX_YAML_NODES = 100_000  # a config's values, aliases expanded
+
+
+def read_text(file, error: type[Exception] = DtmergeError, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of regular file `file`, refused past `limit` bytes."""
+    file = Path(file)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, and is refused below
+    except FileNotFoundError:
+        raise error(f"{file}: file not found") from None
+    except OSError as e:
+        raise error(f"{file}: cannot read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{file}: not a regular file")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise error(f"{file}: cannot read ({e.strerror})") from None
+    if len(data) > limit:
+        raise error(f"{file}: larger than {limit >> 20} MiB, too large for a metadata file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{file}: not UTF-8 text (at byte {e.start})") from None
+
+
+def _depth(value) -> int:
+    """How deeply lists and objects nest in a parsed JSON value."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d + 1)
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def parse_json(text: str, where, error: type[Exception] = DtmergeError):
+    """A JSON document from `text` (read from `where`), nested at most MAX_DEPTH deep."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        value = None
+    if value is None and text.strip() != "null" or _depth(value) > MAX_DEPTH:
+        raise error(f"{where}: JSON nested more than {MAX_DEPTH} deep")
+    return value
+
+
+def read_json_file(file, error: type[Exception] = DtmergeError):
+    """The JSON document in `file`, read and parsed within the limits above."""
+    return parse_json(read_text(file, error), file, error)
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading `5e-1` and `1e30` as the numbers YAML 1.2 says they are (YAML 1.1,
+    PyYAML's default, reads a float without a dot as a string)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def parse_yaml(text: str, where, error: type[Exception] = DtmergeError):
+    """A YAML document from `text` (read from `where`) with the safe loader, refused when it nests
+    more than MAX_DEPTH deep or expands to more than MAX_YAML_NODES values."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _yaml_size(node, 0, {}, where, error)
+        return loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise error(f"{where}: not a YAML document dtmerge can read ({one_line_yaml(e)})") from None
+    except RecursionError:
+        raise error(f"{where}: YAML nested more than {MAX_DEPTH} deep") from None
+    finally:
+        loader.dispose()
+
+
+def one_line_yaml(error: Exception) -> str:
+    problem = getattr(error, "problem", None) or type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}" if mark is not None else problem
+
+
+def _yaml_size(node, depth: int, sizes: dict, where, error) -> int:
+    """Values under `node` with every alias expanded (each node counted once per use)."""
+    if depth > MAX_DEPTH:
+        raise error(f"{where}: YAML nested more than {MAX_DEPTH} deep")
+    if id(node) not in sizes:
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        sizes[id(node)] = 1 + sum(_yaml_size(child, depth + 1, sizes, where, error) for child in children)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            raise error(f"{where}: YAML expands to more than {MAX_YAML_NODES:,} values (aliases expanded)")
+    return sizes[id(node)]
+
+
 def read_validated(file, schema: type[M], error: type[Exception] = DtmergeError) -> M:
     """`file` parsed and validated as `schema`; a missing, unreadable or invalid file raises `error`.
 
@@ -41,16 +154,8 @@ def read_validated(file, schema: type[M], error: type[Exception] = DtmergeError)
     gets a message saying so rather than a list of field errors.
     """
     file = Path(file)
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        raise error(f"{file}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{file}: cannot read ({type(e).__name__})") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{file}: not valid JSON ({e})") from None
+    text = read_text(file, error)
+    raw = parse_json(text, file, error)
     if not isinstance(raw, dict):
         raise error(f"{file}: expected a JSON object, got {type(raw).__name__}")
     expected = schema.model_fields.get("format")
@@ -65,10 +170,7 @@ def read_validated(file, schema: type[M], error: type[Exception] = DtmergeError)
 def read_yaml_mapping(file, what: str = "config", error: type[Exception] = DtmergeError) -> dict:
     """A YAML config file's top-level mapping (empty file: {}); anything else raises `error`."""
     file = Path(file)
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise error(f"{file}: cannot read YAML config ({type(e).__name__})") from None
+    data = parse_yaml(read_text(file, error), file, error) or {}
     if not isinstance(data, dict):
         raise error(f"{file}: a {what} must be a mapping of option: value")
     return data

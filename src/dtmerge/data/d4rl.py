@@ -13,6 +13,7 @@ import numpy as np
 
 from dtmerge.atomic import atomic_path
 from dtmerge.data.trajectories import DatasetError, Trajectories
+from dtmerge.validate import parse_json
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
@@ -30,23 +31,14 @@ def read_d4rl(path) -> Trajectories:
         if missing:
             raise DatasetError(path, f"missing D4RL key(s) {', '.join(missing)}; "
                                f"found: {', '.join(sorted(f.keys())) or 'nothing'}")
-        arrays = {}
-        for key in REQUIRED_KEYS + ("next_observations",):
-            if key in f:
-                if not isinstance(f[key], h5py.Dataset):
-                    raise DatasetError(path, f"'{key}' is a group, expected an array")
-                arrays[key] = f[key][()]
-        for key in ("rewards", "terminals", "timeouts"):  # D4RL squeezes [N, 1] columns
-            if arrays[key].ndim == 2 and arrays[key].shape[1] == 1:
-                arrays[key] = arrays[key][:, 0]
-            if arrays[key].ndim != 1:
-                raise DatasetError(path, f"'{key}' must be one-dimensional, got shape {arrays[key].shape}")
-        for key in ("observations", "actions"):
-            if arrays[key].ndim != 2:
-                raise DatasetError(path, f"'{key}' must be two-dimensional, got shape {arrays[key].shape}")
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        arrays = {key: read_array(path, f, key) for key in REQUIRED_KEYS + ("next_observations",) if key in f}
+        attrs = {k: _attr(path, k, v) for k, v in f.attrs.items()}
         if "dtmerge" in attrs:
-            attrs.update(json.loads(attrs.pop("dtmerge")))
+            extra = parse_json(attrs.pop("dtmerge"), f"{path}: attribute 'dtmerge'") \
+                if isinstance(attrs["dtmerge"], str) else None
+            if not isinstance(extra, dict):
+                raise DatasetError(path, "attribute 'dtmerge' should be a JSON object")
+            attrs.update(extra)
     return Trajectories.from_flat(path, arrays["observations"], arrays["actions"], arrays["rewards"],
                                   arrays["terminals"], arrays["timeouts"],
                                   arrays.get("next_observations"), attrs)
@@ -68,9 +60,30 @@ def write_d4rl(traj: Trajectories, path) -> Path:
     return path
 
 
-def _attr(value):
+def read_array(file, group, key: str) -> np.ndarray:
+    """Array `key` of HDF5 group `group` in `file`: a dataset stored in the file itself (an external
+    link, which would read another file, is refused), read whole."""
+    name = group.name.rstrip("/") + "/" + key if group.name != "/" else key
+    if isinstance(group.get(key, getlink=True), h5py.ExternalLink):
+        raise DatasetError(file, f"'{name}' links to another file; dtmerge reads arrays stored in the file itself")
+    try:
+        obj = group[key]
+    except (KeyError, OSError):
+        raise DatasetError(file, f"'{name}' cannot be opened (a broken link?)") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise DatasetError(file, f"'{name.lstrip('/')}' is a group, expected an array")
+    try:
+        return obj[()]
+    except (OSError, ValueError, TypeError) as e:
+        raise DatasetError(file, f"cannot read '{name.lstrip('/')}' ({e})") from None
+
+
+def _attr(file, key: str, value):
     if isinstance(value, bytes):
-        return value.decode()
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise DatasetError(file, f"attribute {key!r} is not UTF-8 text") from None
     if isinstance(value, np.generic):
         return value.item()
     return value

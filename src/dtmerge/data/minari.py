@@ -20,9 +20,12 @@ import h5py
 import numpy as np
 
 from dtmerge.atomic import swap
+from dtmerge.data.d4rl import read_array
 from dtmerge.data.trajectories import DatasetError, Trajectories
 from dtmerge.envs import TASKS, Task
+from dtmerge.errors import DtmergeError
 from dtmerge.outputs import claim_outputs
+from dtmerge.validate import parse_json, read_json_file
 
 
 def minari_root() -> Path:
@@ -61,10 +64,7 @@ def read_minari(spec) -> Trajectories:
     if data_dir is None:
         raise DatasetError(spec, f"no Minari dataset here (looked for data/metadata.json at this path "
                            f"and under MINARI_DATASETS_PATH={minari_root()})")
-    try:
-        meta = json.loads((data_dir / "metadata.json").read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(data_dir / "metadata.json", f"not valid JSON ({e})") from None
+    meta = _metadata(data_dir / "metadata.json")
     if meta.get("data_format", "hdf5") != "hdf5":
         raise DatasetError(data_dir, f"data_format {meta['data_format']!r} is not supported (only hdf5)")
     main = data_dir / "main_data.hdf5"
@@ -81,29 +81,34 @@ def read_minari(spec) -> Trajectories:
             raise DatasetError(main, "no episode_* groups (empty dataset)")
         for name in names:
             ep = f[name]
+            if not isinstance(ep, h5py.Group):
+                raise DatasetError(main, f"{name} is an array, expected an episode group")
             missing = [k for k in ("observations", "actions", "rewards", "terminations", "truncations")
                        if k not in ep]
             if missing:
                 raise DatasetError(main, f"{name} lacks {', '.join(missing)}")
-            o = ep["observations"]
-            if not isinstance(o, h5py.Dataset):
+            if isinstance(ep["observations"], h5py.Group):
                 raise DatasetError(main, f"{name}/observations is a group; only flat Box observations are supported")
-            o, a = o[()], ep["actions"][()]
-            n = len(a)
-            if len(o) != n + 1:
-                raise DatasetError(main, f"{name} has {len(o)} observations for {n} actions (expected N+1)")
-            for key in ("rewards", "terminations", "truncations"):
-                if len(ep[key]) != n:
-                    raise DatasetError(main, f"{name}/{key} has {len(ep[key])} rows, expected {n}")
+            o, a, r, te, tr = (read_array(main, ep, k) for k in ("observations", "actions", "rewards", "terminations",
+                                                                  "truncations"))
+            n = len(a) if a.ndim else 0
+            if o.ndim == 0 or len(o) != n + 1:
+                raise DatasetError(main, f"{name} has {len(o) if o.ndim else 0} observations for {n} actions "
+                                   f"(expected N+1)")
+            for key, arr in (("rewards", r), ("terminations", te), ("truncations", tr)):
+                if arr.ndim == 0 or len(arr) != n:
+                    raise DatasetError(main, f"{name}/{key} has {len(arr) if arr.ndim else 0} rows, expected {n}")
             if n == 0:
                 raise DatasetError(main, f"{name} is empty")
+            if te.dtype.kind not in "biuf" or tr.dtype.kind not in "biuf":
+                raise DatasetError(main, f"{name}: terminations and truncations must be true/false values")
             obs.append(o[:-1])
             next_obs.append(o[1:])
             act.append(a)
-            rew.append(ep["rewards"][()])
-            term.append(ep["terminations"][()])
-            t = np.array(ep["truncations"][()], bool)
-            t[-1] = not term[-1][-1]  # an episode always ends at its last step
+            rew.append(r)
+            term.append(te)
+            t = np.array(tr, bool)
+            t[-1] = not te[-1]  # an episode always ends at its last step
             trunc.append(t)
     attrs = {"minari_id": meta.get("dataset_id"), "env_spec": meta.get("env_spec")}
     task = _task_from_env_spec(meta.get("env_spec"))
@@ -111,6 +116,18 @@ def read_minari(spec) -> Trajectories:
         attrs["task"] = task.name
     return Trajectories.from_flat(data_dir, np.concatenate(obs), np.concatenate(act), np.concatenate(rew),
                                   np.concatenate(term), np.concatenate(trunc), np.concatenate(next_obs), attrs)
+
+
+def _metadata(file: Path) -> dict:
+    """A Minari metadata.json, checked for the fields dtmerge reads."""
+    meta = read_json_file(file)
+    if not isinstance(meta, dict):
+        raise DatasetError(file, f"expected a JSON object, got {type(meta).__name__}")
+    for key, types in (("data_format", (str,)), ("dataset_id", (str,)), ("env_spec", (str, dict))):
+        if meta.get(key) is not None and not isinstance(meta[key], types):
+            raise DatasetError(file, f"{key} should be {' or '.join(t.__name__ for t in types)}, "
+                               f"got {type(meta[key]).__name__}")
+    return meta
 
 
 def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None, overwrite: bool = False) -> Path:
@@ -121,7 +138,7 @@ def write_minari(traj: Trajectories, dataset_id: str, task: Task, root=None, ove
     one, with `overwrite`, is swapped out only then).
     """
     check_minari_id(dataset_id)
-    root = Path(root) if root is not None else minari_root()
+    root = (Path(root) if root is not None else minari_root()).resolve()  # minari resolves a relative root twice
     claim_outputs([root / dataset_id], [traj.source], overwrite)
     try:
         import minari
@@ -173,8 +190,10 @@ def _task_from_env_spec(env_spec) -> Task | None:
     if not env_spec:
         return None
     try:
-        env_id = json.loads(env_spec).get("id", "") if isinstance(env_spec, str) else env_spec.get("id", "")
-    except (json.JSONDecodeError, AttributeError):
+        env_id = (parse_json(env_spec, "env_spec") if isinstance(env_spec, str) else env_spec).get("id", "")
+    except (DtmergeError, AttributeError):
+        return None
+    if not isinstance(env_id, str):
         return None
     prefix = env_id.split("-")[0].lower()
     return TASKS.get(prefix)

@@ -28,6 +28,25 @@ class DatasetError(DtmergeError):
         return type(self), (self.path, self.problem)
 
 
+def _checked(source, name: str, arr) -> np.ndarray:
+    """`arr` as an array of numbers of the shape its role needs: (N, dim) for observations and
+    actions, (N,) for the rest ((N, 1) is squeezed, as D4RL stores it), 0/1 for the flags."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(source, f"'{name}' holds {arr.dtype} values, expected real numbers")
+    if name in ("observations", "actions", "next_observations"):
+        if arr.ndim != 2:
+            raise DatasetError(source, f"'{name}' must be two-dimensional, got shape {arr.shape}")
+        return arr
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DatasetError(source, f"'{name}' must be one-dimensional, got shape {arr.shape}")
+    if name in ("terminals", "timeouts") and not np.isin(arr, (0, 1)).all():
+        raise DatasetError(source, f"'{name}' must hold true/false (0/1) values")
+    return arr
+
+
 @dataclass
 class Trajectories:
     observations: np.ndarray  # (N, obs_dim) float32
@@ -48,6 +67,10 @@ class Trajectories:
         Steps after the last terminal/timeout form a final (unfinished) trajectory, as in the
         original DT data script.
         """
+        observations, actions, rewards, terminals, timeouts, next_observations = (
+            None if arr is None else _checked(source, name, arr) for name, arr in (
+                ("observations", observations), ("actions", actions), ("rewards", rewards),
+                ("terminals", terminals), ("timeouts", timeouts), ("next_observations", next_observations)))
         n = len(observations)
         for name, arr in (("actions", actions), ("rewards", rewards), ("terminals", terminals),
                           ("timeouts", timeouts), ("next_observations", next_observations)):

@@ -51,7 +51,7 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale.for_experiment(name)).values()]
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
-    with run_directory(out, overwrite) as work:
+    with run_directory(out, overwrite, resume) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
                                        "store": str(store.root.resolve())})
         report(work, echo)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, atomic_path, write_json
 from dtmerge.outputs import claim_outputs, run_directory
-from dtmerge.runtime import RunConfig, autocast, pick_device, resolve_precision, seed_everything
+from dtmerge.runtime import MAX_BATCH, RunConfig, autocast, pick_device, resolve_precision, seed_everything
 from dtmerge.store.checkpoint import load_train_state, write_train_state
 
 EOS = "<|endoftext|>"
@@ -41,7 +41,7 @@ class PretrainConfig(RunConfig):
     n_head: int = Field(1, gt=0, description="attention heads (ChibiT: 1)")
     n_positions: int = Field(1024, gt=0, description="position embeddings (also the DT's timestep table)")
     seq_len: int = Field(256, gt=1, description="tokens per training block")
-    batch_size: int = Field(16, gt=0, description="blocks per step")
+    batch_size: int = Field(16, gt=0, le=MAX_BATCH, description="blocks per step")
     steps: int = Field(10000, gt=0, description="optimizer steps in total")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate after warmup")
     warmup_steps: int = Field(500, gt=0, description="linear warmup steps")
@@ -125,7 +125,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False,
     """Train; returns `<out>/model`, a Hugging Face GPT-2 directory with its tokenizer."""
     out = Path(cfg.out)
     claim_outputs([out], cfg.corpus, overwrite, resume)
-    with run_directory(out, overwrite) as run_dir:
+    pick_device(cfg.device)  # refused before the run directory is made
+    with run_directory(out, overwrite, resume, resumable_from="state") as run_dir:
         _pretrain(cfg, run_dir, resume, progress)
     return out / "model"
 

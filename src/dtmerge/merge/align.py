@@ -31,6 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
+from dtmerge.atomic import atomic_dir
 from dtmerge.data import WindowSampler, dataset_files, load_dataset
 from dtmerge.errors import DtmergeError
 from dtmerge.merge.fisher import read_fisher_meta, write_fisher
@@ -331,17 +332,19 @@ def align_checkpoint(target, source, out, method: str = "weights", windows: int 
     extra = [source / "fisher.safetensors", source / "fisher.json"] if (source / "fisher.json").exists() else []
     data = [] if method == "weights" else [f for p in (target, source) for f in _dataset_files(p)]
     claim_outputs([out], [target, source, *extra, *data], overwrite)
+    if extra:  # checked before any work, and written with the model, so a bad Fisher costs no output
+        fmeta = read_fisher_meta(source)
+        fisher = read_tensors(source / "fisher.safetensors")
     perms, model, meta = find_permutations(target, source, method, windows, seed, progress)
     cfg = model.config
     model.load_state_dict(apply_permutation(model.state_dict(), cfg, perms))
     record = {"target": str(target), "method": method, "seed": seed, **({"windows": windows} if data else {})}
-    save_checkpoint(out, model, {**carried_meta(meta), "alignment": record})
-    if extra:
-        fmeta = read_fisher_meta(source)
-        fisher = read_tensors(source / "fisher.safetensors")
-        info = {k: v for k, v in fmeta.items() if k not in ("model_sha256", "fisher_sha256", "tensors", "total",
-                                                              "trunk_total", "format")}
-        write_fisher(out, apply_permutation(fisher, cfg, perms), info)
+    with atomic_dir(out) as tmp:  # the checkpoint and its Fisher are swapped in together
+        save_checkpoint(tmp, model, {**carried_meta(meta), "alignment": record})
+        if extra:
+            info = {k: v for k, v in fmeta.items() if k not in ("model_sha256", "fisher_sha256", "tensors", "total",
+                                                                  "trunk_total", "format")}
+            write_fisher(tmp, apply_permutation(fisher, cfg, perms), info)
     return out
 
 

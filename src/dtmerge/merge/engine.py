@@ -26,8 +26,10 @@ from dtmerge.merge.methods import METHODS
 from dtmerge.model import DTConfig
 from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
+from dtmerge.runtime import MAX_SEED
 from dtmerge.store.bundle import write_bundle
-from dtmerge.store.checkpoint import carried_meta, load_checkpoint, read_meta, save_checkpoint, trunk_sha256
+from dtmerge.store.checkpoint import (carried_meta, check_weights, load_checkpoint, read_meta, save_checkpoint,
+                                     trunk_sha256)
 from dtmerge.validate import one_line, read_yaml_mapping
 
 TRUNK_FIELDS = ("n_embd", "n_layer", "n_head", "n_inner", "activation")
@@ -57,6 +59,9 @@ class MergeConfig(BaseModel):
                                                     "merged tensors; checkpoint: the target model only")
 
 
+MAX_PARAM = 1e3  # a merge weight or scale beyond this is a typo, not a merge (and overflows)
+
+
 class _Inputs:
     """The models of a merge, opened lazily as safetensors files, with their metadata checked."""
 
@@ -75,6 +80,11 @@ class _Inputs:
             except ValidationError:
                 expected = getattr(hints[key], "__name__", str(hints[key]))
                 raise MergeError(f"method {cfg.method}: parameter {key}={value!r} is not a {expected}") from None
+            numbers = value if isinstance(value, list) else [value]
+            if key == "seed" and not 0 <= value <= MAX_SEED or key != "seed" and any(
+                    isinstance(x, (int, float)) and not abs(x) <= MAX_PARAM for x in numbers):
+                bound = f"0..{MAX_SEED}" if key == "seed" else f"finite and within +-{MAX_PARAM:g}"
+                raise MergeError(f"method {cfg.method}: parameter {key}={value!r} must be {bound}")
         self.paths = [Path(p) for p in cfg.models]
         target = Path(cfg.target) if cfg.target else self.paths[0]
         if target not in self.paths:
@@ -88,6 +98,8 @@ class _Inputs:
                     if getattr(self.configs[0], f) != getattr(c, f)}
             if diff:
                 raise MergeError(f"{p} has a different architecture from {self.paths[0]}: {diff}")
+        for p, c in zip(self.paths, self.configs):  # every model checked as a lone one would be
+            check_weights(p / "model.safetensors", c)
         self.tasks = [m["task"] for m in self.metas]
         self.selected = resolve_mergeable(cfg.select, self.configs[0])
         self.fisher_paths = [p / "fisher.safetensors" for p in self.paths] if self.method.needs_fisher else []

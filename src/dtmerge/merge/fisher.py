@@ -12,8 +12,10 @@ Per-window gradients are vectorised with torch.func: vmap over windows (empirica
 window's outputs (exact).
 Files: `<checkpoint>/fisher.safetensors` (one tensor per trunk parameter) and `fisher.json`
 (estimator, data, sizes, seed, the per-model totals, and the SHA-256 of the model file it belongs
-to and of the Fisher file itself). The JSON is written last and names the Fisher file's hash, so
-a run stopped between the two writes leaves a pair that is refused, never one that is trusted.
+to and of the Fisher file itself). The pair is replaced as one unit (the checkpoint directory is
+swapped for a copy holding the new pair) under the checkpoint's writer lock, so a stopped or
+concurrent `fisher` leaves the old pair or the new one, never a mix; and the JSON names the
+tensors' hash, so a pair mixed by hand is refused, never trusted.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from safetensors.torch import save_file
 from torch.func import functional_call, grad, vjp, vmap
 from tqdm.auto import tqdm
 
-from dtmerge.atomic import atomic_path, file_sha256, write_json
+from dtmerge.atomic import atomic_path, atomic_update, file_sha256, write_json
 from dtmerge.data import WindowSampler, dataset_files, load_dataset
-from dtmerge.outputs import claim_outputs
+from dtmerge.outputs import claim_outputs, writer_lock
 from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
 from dtmerge.store.schema import ESTIMATORS, FISHER_FORMAT, FisherMeta
 from dtmerge.validate import read_validated
@@ -83,6 +85,11 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
                    batch_size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
     """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on)."""
     checkpoint = Path(checkpoint)
+    with writer_lock(checkpoint.resolve()):
+        return _compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress, overwrite)
+
+
+def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, seed, progress, overwrite) -> Path:
     model, meta = load_checkpoint(checkpoint)
     model.eval()
     dataset = dataset or meta.get("dataset")
@@ -105,18 +112,22 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
         windows += batch_size
         tokens += int(batch["mask"].sum())
     denom = tokens if estimator == "batch" else windows
-    return write_fisher(checkpoint, {n: (v / denom).float() for n, v in total.items()}, {
-        "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
-        "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
-        "normalised_by": "action tokens" if estimator == "batch" else "windows"})
+    fisher = {n: (v / denom).float() for n, v in total.items()}
+    with atomic_update(checkpoint) as copy:
+        write_fisher(copy, fisher, {
+            "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
+            "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
+            "normalised_by": "action tokens" if estimator == "batch" else "windows"})
+    return checkpoint / "fisher.safetensors"
 
 
 BLOCK_PREFIX = "transformer.h."
 
 
 def write_fisher(checkpoint, fisher: dict[str, torch.Tensor], info: dict) -> Path:
-    """Store a diagonal Fisher beside `checkpoint`: the tensors first, then fisher.json naming their
-    hash, the model's hash, and the totals merging normalises by."""
+    """Store a diagonal Fisher in checkpoint directory `checkpoint` (one not yet in place: see
+    `atomic_update`): the tensors, then fisher.json naming their hash, the model's hash, and the
+    totals merging normalises by."""
     checkpoint = Path(checkpoint)
     with atomic_path(checkpoint / "fisher.safetensors") as tmp:
         save_file({n: t.contiguous() for n, t in fisher.items()}, tmp)
@@ -133,7 +144,7 @@ def read_fisher_meta(checkpoint) -> dict:
     and to the Fisher file beside it; every Fisher tensor is checked finite and non-negative."""
     checkpoint = Path(checkpoint)
     meta_file, file = checkpoint / "fisher.json", checkpoint / "fisher.safetensors"
-    if not meta_file.is_file():
+    if not (meta_file.exists() or meta_file.is_symlink()):  # anything else there is refused as it is read
         raise CheckpointError(f"{meta_file}: file not found; compute it first with `dtmerge fisher {checkpoint}`")
     meta = read_validated(meta_file, FisherMeta, CheckpointError).model_dump()
     if meta["model_sha256"] != file_sha256(checkpoint / "model.safetensors"):

@@ -48,6 +48,10 @@ def merge_freeze_finetune(cfg: MFFConfig, resume: bool = False, overwrite: bool 
         raise MergeError("merge-freeze-finetune needs merge.format: bundle")
     work = Path(cfg.output).with_name(Path(cfg.output).name + ".runs")
     sources = {path: read_meta(path) for path in cfg.merge.models}
+    tasks = [m["task"] for m in sources.values()]
+    unknown = sorted(set(cfg.datasets) - set(tasks))
+    if unknown:
+        raise MergeError(f"datasets: no model of task {unknown[0]!r} (the models' tasks: {', '.join(tasks)})")
     datasets = {m["task"]: cfg.datasets.get(m["task"]) or m["dataset"] for m in sources.values()}
     claim_outputs([cfg.output, cfg.merge.output, work],
                   [*cfg.merge.models, *(f for d in datasets.values() for f in dataset_files(d))], overwrite, resume)

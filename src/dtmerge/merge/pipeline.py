@@ -49,6 +49,9 @@ def finetune_then_merge(cfg: FinetuneMergeConfig, resume: bool = False, overwrit
     missing = [t for t in tasks if t not in cfg.datasets]
     if missing:
         raise MergeError(f"no finetuning dataset for {missing}; the bundle holds {tasks}")
+    unknown = sorted(set(cfg.datasets) - set(tasks))
+    if unknown:
+        raise MergeError(f"datasets: the bundle holds no task {unknown[0]!r} (its tasks: {', '.join(tasks)})")
     work = Path(cfg.output).with_name(Path(cfg.output).name + ".runs")
     claim_outputs([cfg.output, work], [cfg.multitask, *(f for d in cfg.datasets.values() for f in dataset_files(d))],
                   overwrite, resume)

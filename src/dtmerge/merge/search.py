@@ -26,7 +26,7 @@ from cmaes import CMA
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
-from dtmerge.atomic import atomic_path, write_json
+from dtmerge.atomic import atomic_path, read_json, write_json
 from dtmerge.envs import SCORE_LABEL, get_task
 from dtmerge.errors import DtmergeError
 from dtmerge.evaluate import evaluate
@@ -34,7 +34,7 @@ from dtmerge.merge.align import ALIGN_METHODS, apply_permutation, find_permutati
 from dtmerge.merge.methods import METHODS
 from dtmerge.model.groups import BLOCK_PARTS
 from dtmerge.model.selectors import resolve_mergeable
-from dtmerge.outputs import claim_outputs
+from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.store.bundle import write_bundle
 from dtmerge.store.checkpoint import load_checkpoint
 from dtmerge.validate import one_line, read_yaml_mapping
@@ -156,13 +156,17 @@ def run_search(cfg: SearchConfig, resume: bool = False, progress: bool = True) -
     uninterrupted one would have."""
     out = Path(cfg.output)
     claim_outputs([out], cfg.models, resume=resume)
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / "search.json"
-    if saved.is_file() and json.loads(saved.read_text()) != cfg.model_dump():
+    if saved.is_file() and read_json(saved) != cfg.model_dump():
         raise SearchError(f"{saved}: this directory holds a search with another config; resume it with the same "
                           f"config, or choose another output")
-    write_json(saved, cfg.model_dump())
-    merger = Merger(cfg)
+    merger = Merger(cfg)  # every model checked before anything is written
+    with run_directory(out, overwrite=False, resume=resume, resumable_from="study.log"):
+        write_json(saved, cfg.model_dump())
+        return _search(cfg, merger, out, progress)
+
+
+def _search(cfg: SearchConfig, merger: "Merger", out: Path, progress: bool) -> dict:
     n = len(cfg.models)
     names = [f"{unit}/{x}" for unit in merger.units for x in (["alpha"] if n == 2 else [f"w{i}" for i in range(n)])]
     distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name in names}

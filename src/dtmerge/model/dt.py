@@ -25,19 +25,24 @@ from dtmerge.model.groups import parameter_groups
 EMBED_INITS = ("gpt2", "original")
 
 
+# Bounds that keep a hand-edited config from asking for terabytes (GPT-2 XL is 1600 wide, 48 deep;
+# MuJoCo episodes are 1,000 steps).
+MAX_WIDTH, MAX_LAYERS, MAX_EP_LEN = 16_384, 256, 100_000
+
+
 class DTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state_dim: int = Field(gt=0)
-    act_dim: int = Field(gt=0)
-    n_embd: int = Field(128, gt=0, description="embedding width")
-    n_layer: int = Field(3, gt=0, description="transformer blocks")
+    state_dim: int = Field(gt=0, le=MAX_WIDTH)
+    act_dim: int = Field(gt=0, le=MAX_WIDTH)
+    n_embd: int = Field(128, gt=0, le=MAX_WIDTH, description="embedding width")
+    n_layer: int = Field(3, gt=0, le=MAX_LAYERS, description="transformer blocks")
     n_head: int = Field(1, gt=0, description="attention heads")
-    n_inner: int | None = Field(None, description="MLP width (default 4 x n_embd)")
+    n_inner: int | None = Field(None, gt=0, le=4 * MAX_WIDTH, description="MLP width (default 4 x n_embd)")
     activation: str = Field("relu", description=f"MLP activation: {', '.join(ACTIVATIONS)}")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="embedding, attention and residual dropout")
-    context_len: int = Field(20, gt=0, description="K: timesteps per window (3K tokens)")
-    max_ep_len: int = Field(1000, gt=0, description="size of the timestep embedding table")
+    context_len: int = Field(20, gt=0, le=MAX_EP_LEN, description="K: timesteps per window (3K tokens)")
+    max_ep_len: int = Field(1000, gt=0, le=MAX_EP_LEN, description="size of the timestep embedding table")
     layer_norm_epsilon: float = Field(1e-5, gt=0, description="LayerNorm epsilon of the trunk (GPT-2: 1e-5)")
 
     @model_validator(mode="after")

@@ -26,7 +26,9 @@ FORMAT = BUNDLE_FORMAT
 
 
 def is_bundle(path) -> bool:
-    return (Path(path) / "bundle.json").is_file()
+    """A directory with a bundle.json (whatever it is: reading it checks it)."""
+    file = Path(path) / "bundle.json"
+    return file.exists() or file.is_symlink()
 
 
 def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tuple[dict, object]],

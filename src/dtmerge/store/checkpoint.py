@@ -102,6 +102,17 @@ def load_checkpoint(path, device="cpu") -> tuple[DecisionTransformer, dict]:
     return model.to(device), meta
 
 
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_weights(file, config: DTConfig) -> None:
+    """Check model file `file` against the model `config` describes (as loading it would):
+    readable, every tensor's name and shape, a float dtype a model can hold, finite values."""
+    with torch.device("meta"):  # shapes only, nothing allocated
+        expected = DecisionTransformer(config).state_dict()
+    check_tensors(file, expected, read_tensors(file))
+
+
 def check_tensors(file, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
@@ -109,10 +120,14 @@ def check_tensors(file, expected: dict[str, torch.Tensor], found: dict[str, torc
         raise CheckpointError(f"{file}: tensors do not match the model config "
                               f"(missing: {missing[:5] or 'none'}, unexpected: {extra[:5] or 'none'})")
     for name, t in expected.items():
-        if found[name].shape != t.shape:
-            raise CheckpointError(f"{file}: tensor {name} has shape {tuple(found[name].shape)}, "
+        tensor = found[name]
+        if tensor.shape != t.shape:
+            raise CheckpointError(f"{file}: tensor {name} has shape {tuple(tensor.shape)}, "
                                   f"config expects {tuple(t.shape)}")
-        if not torch.isfinite(found[name]).all():
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{file}: tensor {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; "
+                                  f"weights must be float32, bfloat16, float16 or float64")
+        if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{file}: tensor {name} contains NaN or inf")
 
 

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dtmerge.model.dt import EMBED_INITS
-from dtmerge.runtime import RunConfig
+from dtmerge.model.dt import EMBED_INITS, MAX_EP_LEN, MAX_LAYERS, MAX_WIDTH
+from dtmerge.runtime import MAX_BATCH, RunConfig
 from dtmerge.validate import one_line
 
 # Table III's variants (all decay l1 = 0.1 to 0 by step 5000). l3 is the original code's 1e-4.
@@ -23,12 +23,12 @@ class ModelShape(BaseModel):
     """The DT architecture minus the task's state/action sizes (which come from the dataset)."""
 
     model_config = ConfigDict(extra="forbid")
-    n_embd: int = Field(128, gt=0, description="embedding width")
-    n_layer: int = Field(3, gt=0, description="transformer blocks")
+    n_embd: int = Field(128, gt=0, le=MAX_WIDTH, description="embedding width")
+    n_layer: int = Field(3, gt=0, le=MAX_LAYERS, description="transformer blocks")
     n_head: int = Field(1, gt=0, description="attention heads")
     activation: str = Field("relu", description="MLP activation: relu, gelu or gelu_new")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="embedding, attention and residual dropout")
-    context_len: int = Field(20, gt=0, description="K: timesteps per training window")
+    context_len: int = Field(20, gt=0, le=MAX_EP_LEN, description="K: timesteps per training window")
 
 
 class TrainConfig(RunConfig):
@@ -45,7 +45,7 @@ class TrainConfig(RunConfig):
     keep_steps: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=list, description="steps whose weights are also kept, in <out>/snapshots/step-<N> (for "
                                           "learning curves; repeat the flag for several)")
-    batch_size: int = Field(64, gt=0, description="windows per step")
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH, description="windows per step")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate after warmup")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(10000, gt=0, description="linear learning-rate warmup steps")
@@ -76,7 +76,7 @@ class TrainConfig(RunConfig):
                                                     "the trunk on --lm-corpus (co-training; needs a GPT-2 init)")
     lm_corpus: list[str] = Field(default_factory=list, description="text files for L_LM")
     lm_seq_len: int = Field(1024, gt=1, description="tokens per L_LM block (the original: 1024)")
-    lm_batch_size: int = Field(2, gt=0, description="L_LM blocks per step (the original: 2)")
+    lm_batch_size: int = Field(2, gt=0, le=MAX_BATCH, description="L_LM blocks per step (the original: 2)")
     preset: Literal[tuple(PRESETS)] | None = Field(
         None, description="Table III's variants: sets cos/lm/l2 weights not given explicitly (with --init "
                           "a ChibiT or GPT-2 model; chibit-co also needs --lm-corpus)")

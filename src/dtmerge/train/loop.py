@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data import Trajectories, WindowSampler
+from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer
 from dtmerge.runtime import autocast, dropout_rng, pick_device, resolve_precision
 from dtmerge.store.bundle import is_bundle, load_bundle_task, read_bundle_meta, write_bundle
@@ -85,7 +86,11 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
             loss = mse + sum(terms.values())
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, error_if_nonfinite=True)
+            try:
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, error_if_nonfinite=True)
+            except RuntimeError:
+                raise DtmergeError(f"{run_dir}: step {step + 1}: the loss or its gradient is not finite "
+                                   f"(loss {loss.detach().item():.4g}); lower --lr, or check the data") from None
             optim.step()
             step += 1
             bar.update()

@@ -51,7 +51,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
             p.requires_grad_(name not in frozen)
         r.meta.update(frozen=sorted(frozen), init_trunk_sha256=init_hash)
     extra = extra_terms(cfg, runs[0].model, pick_device(cfg.device))
-    with run_directory(out, overwrite) as run_dir:
+    with run_directory(out, overwrite, resume, resumable_from="checkpoint") as run_dir:
         fit(cfg, runs, run_dir, extra, resume=resume, progress=progress)
     return out / "checkpoint"
 

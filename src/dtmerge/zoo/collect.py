@@ -95,7 +95,7 @@ def collect(cfg: CollectConfig, resume: bool = False, overwrite: bool = False, p
     """Train the behaviour agent in `cfg.out` (snapshots, log.jsonl, a resumable state)."""
     out = Path(cfg.out)
     claim_outputs([out], [], overwrite, resume)
-    with run_directory(out, overwrite) as run_dir:
+    with run_directory(out, overwrite, resume, resumable_from="state") as run_dir:
         _collect(cfg, run_dir, resume, progress)
     return out
 
