@@ -867,7 +867,7 @@ for damage, expect in WEIGHT_DAMAGE.items():
                 _weights(ws, model, damage)
                 return args
             register(f"weights_{how}_{model}_{damage}", f"{model}/model.safetensors: ", prepare)
-    register(f"weights_info_{damage}", f"hopper/model.safetensors: ",
+    register(f"weights_info_{damage}", "hopper/model.safetensors: ",
              lambda ws, damage=damage: (_weights(ws, "hopper", damage), ["info", "hopper"])[1])
 
 
@@ -881,7 +881,8 @@ NUMBERS = [  # (name, args, expect): numbers out of range, on the command line a
     *((f"seed_{cmd}_{v}", args + ["--seed", v], "Invalid value for '--seed'")
       for v in ("-1", str(2**64)) for cmd, args in (
           ("eval", ["eval", "hopper", "--episodes", "1"]), ("fisher", ["fisher", "hopper", "--overwrite"]),
-          ("align", ["align", "hopper", "walker2d", "aligned"]), ("perturb", ["perturb", "hopper", "p", "--kind", "random"]),
+          ("align", ["align", "hopper", "walker2d", "aligned"]),
+          ("perturb", ["perturb", "hopper", "p", "--kind", "random"]),
           ("demo", ["demo", "--out", "d"]))),
     *((f"seed_train_{v}", _train(None, "--seed", v), "seed: Input should be") for v in ("-1", str(2**64))),
     *((f"seed_dare_{v}", MERGE + ["--method", "dare", "--base", "hopper", "--force", "--param", f"seed={v}"],

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file, save_file
 
 from dtmerge.store.checkpoint import load_checkpoint
 from dtmerge.train import TrainConfig, train
-from conftest import TINY
 
 CLI = [sys.executable, "-c", "from dtmerge.cli import main; main()"]
 STEPS, SAVE_EVERY = 1500, 50

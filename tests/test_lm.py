@@ -219,6 +219,10 @@ def test_co_training_runs_and_resumes(tmp_path, corpus, hopper_file):
     b = train(TrainConfig(**base, out=str(tmp_path / "b")), resume=True, progress=False)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # an L_LM block longer than the timestep embedding that positions it (the original's 1024 > 1000)
+    with pytest.raises(ValueError, match="lm_seq_len 1024 exceeds the 1000 rows"):
+        train(TrainConfig(**{**base, "lm_seq_len": 1024}, out=str(tmp_path / "c")), progress=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_no_corpus_and_no_wikitext_is_a_clear_error(tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ command removes its temporary files and leaves only complete outputs.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ from dtmerge.config import build_config, pydantic_options
 from dtmerge.errors import DtmergeError
 from dtmerge.lm.pretrain import PretrainConfig
 from dtmerge.merge.perturb import KINDS as PERTURBATIONS
-from dtmerge.train import TrainConfig
 from dtmerge.runtime import MAX_BATCH, MAX_SEED, PRECISIONS
+from dtmerge.train import TrainConfig
 from dtmerge.validate import one_line
 from dtmerge.zoo.collect import CollectConfig
 
@@ -218,14 +217,15 @@ def search_cmd(config_file, resume, quiet):
 @click.option("--batches", default=4, type=COUNT, help="batches of windows")
 @click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch")
 @click.option("--seed", default=0, type=SEED, help="seed for the window sampler")
+@click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ... (fp32 either way)")
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, overwrite, quiet):
+def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, device, overwrite, quiet):
     """Compute a checkpoint's diagonal Fisher once and store it beside its weights."""
     from dtmerge.merge.fisher import compute_fisher
 
     click.echo(compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress=not quiet,
-                              overwrite=overwrite))
+                              overwrite=overwrite, device=device))
 
 
 @main.command("mff")
@@ -363,13 +363,13 @@ def experiment_list():
               help="how big (demo: the models `dtmerge demo` trains)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="report directory")
 @click.option("--seeds", type=click.IntRange(min=1), help="seeds per model [default: the scale's]")
-@click.option("--workers", default=os.cpu_count() or 1, type=click.IntRange(min=1), show_default="one per core",
+@click.option("--workers", type=click.IntRange(min=1), show_default="one per GPU, else one per core",
               help="artifacts made at once, each with cores // workers threads (one per core measured 1.27x "
                    "faster than one with every core: benchmarks/executor_speed.py)")
 @click.option("--executor", default="local", type=click.Choice(["local", "ray"]),
               help="local: this machine's processes; ray: Ray tasks (RAY_ADDRESS's cluster, else a local one)")
-@click.option("--gpus-per-artifact", default=0.0, type=click.FloatRange(min=0),
-              help="GPUs each Ray task declares (ray executor; e.g. 0.25 packs four per GPU)")
+@click.option("--gpus-per-artifact", type=click.FloatRange(min=0), show_default="the cluster's GPUs / workers",
+              help="GPUs each Ray task that trains or rolls out declares (ray executor; e.g. 0.25 packs four per GPU)")
 @click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
 @resume_option
 @overwrite_option

@@ -11,11 +11,11 @@ from pathlib import Path
 from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data.make import make_dataset
 from dtmerge.envs import SCORE_LABEL, TASKS
+from dtmerge.errors import DtmergeError
 from dtmerge.evaluate import evaluate_checkpoint
 from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
-from dtmerge.errors import DtmergeError
 from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.plots import plot_curves
 from dtmerge.store.bundle import trunk_accounting

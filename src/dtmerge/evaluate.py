@@ -23,7 +23,7 @@ from dtmerge.envs import SCORE_LABEL, Task, get_task
 from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer
 from dtmerge.outputs import claim_outputs
-from dtmerge.runtime import autocast, pick_device, resolve_precision
+from dtmerge.runtime import autocast, make_deterministic, pick_device, resolve_precision
 from dtmerge.store.bundle import is_bundle, load_bundle_task
 from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
 
@@ -114,6 +114,7 @@ def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targ
         raise DtmergeError(f"episodes must be at least 1, got {episodes}")
     device = pick_device(str(device))
     precision = resolve_precision(precision, device)
+    make_deterministic(device)
     targets = [float(t) for t in (targets or task.rtg_targets)]
     if not all(np.isfinite(targets)):
         raise DtmergeError(f"RTG targets must be finite numbers, got {targets}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import random
 from typing import Literal
 
@@ -26,6 +27,8 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed for torch, numpy, dropout and data sampling")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     precision: Literal[PRECISIONS] = Field("auto", description="auto (bf16 where native), bf16 or fp32")
+    deterministic: bool = Field(True, description="CUDA: deterministic kernels, so a run repeats bit for bit "
+                                                  "(off: faster); CPU kernels are deterministic anyway")
     log_every: int = Field(100, gt=0, description="steps between metrics lines")
     save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
 
@@ -47,10 +50,23 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def make_deterministic(device: torch.device, deterministic: bool = True) -> None:
+    """On CUDA, deterministic kernels (a fixed cuBLAS workspace, no cuDNN autotuning) or, when
+    `deterministic` is off, the fastest ones. Set before the first cuBLAS call of the process."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays off only with native bf16 math (CUDA Ampere+, or AVX512-BF16/AMX CPUs)."""
+    """bf16 autocast pays off only with native bf16 math (CUDA compute capability 8.0+, Ampere on;
+    AVX512-BF16 or AMX CPUs). `torch.cuda.is_bf16_supported()` says yes on older GPUs too, where
+    bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return False
@@ -68,6 +84,35 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def runtime_kind(device: torch.device, precision: str) -> dict:
+    """What a run's numbers depend on beyond its config: the device kind and the precision it
+    resolved to (`auto` may mean bf16 on one machine and fp32 on another)."""
+    return {"device": device.type, "precision": precision}
+
+
+def check_same_runtime(saved: dict | None, now: dict, where) -> None:
+    """Refuse to resume a run on another kind of device or precision: its dropout and kernels would
+    change mid-run. Runs saved before this was recorded are not checked."""
+    if saved is not None and saved != now:
+        raise DtmergeError(f"{where}: cannot resume on {now['device']}/{now['precision']}: the run was trained on "
+                           f"{saved['device']}/{saved['precision']}; resume it on such a machine (or with --device/"
+                           f"--precision set to match), or pass --overwrite to start over")
+
+
+def rng_states(device: torch.device) -> dict:
+    """The torch RNG states a resumed run needs: the CPU one and, on CUDA, the device's."""
+    states = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in states:
+        torch.cuda.set_rng_state(states["cuda_rng"], device)
 
 
 _DROPOUT_RNG = np.random.Generator(np.random.PCG64(0))

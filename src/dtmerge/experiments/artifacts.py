@@ -29,6 +29,7 @@ from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
 
 MAKERS: dict[str, Callable] = {}
+GPU_KINDS = {"dt", "lm", "mff", "eval", "search"}  # makers that train or roll out: on a GPU where there is one
 
 
 def maker(kind: str):

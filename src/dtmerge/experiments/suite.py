@@ -28,9 +28,12 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
     return dataclasses.replace(scale, seeds=seeds, sized=sized)
 
 
-def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int = 1, store=None,
+def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int | None = 1, store=None,
               resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
-              executor: str = "local", gpus_per_artifact: float = 0.0) -> Path:
+              executor: str = "local", gpus_per_artifact: float | None = None) -> Path:
+    """Run experiments `names` at a scale, then report them under `out`; `workers` None: one per
+    GPU where there are GPUs, else one per core."""
+    workers = runner.default_workers() if workers is None else workers
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")

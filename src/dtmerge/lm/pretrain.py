@@ -23,7 +23,19 @@ from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, atomic_path, write_json
 from dtmerge.outputs import claim_outputs, run_directory
-from dtmerge.runtime import MAX_BATCH, RunConfig, autocast, pick_device, resolve_precision, seed_everything
+from dtmerge.runtime import (
+    MAX_BATCH,
+    RunConfig,
+    autocast,
+    check_same_runtime,
+    make_deterministic,
+    pick_device,
+    resolve_precision,
+    rng_states,
+    runtime_kind,
+    seed_everything,
+    set_rng_states,
+)
 from dtmerge.store.checkpoint import load_train_state, write_train_state
 
 EOS = "<|endoftext|>"
@@ -144,6 +156,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
         raise ValueError(f"the corpus has {len(tokens)} tokens, fewer than one block of {cfg.seq_len + 1}")
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    make_deterministic(device, cfg.deterministic)
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
                         n_positions=cfg.n_positions, bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id)
@@ -153,10 +166,11 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
     step = 0
     if resume and state_dir.exists():
         state = load_train_state(state_dir)
+        check_same_runtime(state.get("runtime"), runtime_kind(device, precision), state_dir)
         model.load_state_dict(state["model"], strict=False)  # the tied lm_head is not stored twice
         model.tie_weights()
         optim.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_states(state, device)
         rng.bit_generator.state = state["block_rng"]
         step = int(state["step"])
     out.mkdir(parents=True, exist_ok=True)
@@ -188,16 +202,16 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
                 t_last, step_last = now, step
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save(out, model, tokenizer, optim, rng, step)
+                _save(out, model, tokenizer, optim, rng, step, device, precision)
     bar.close()
 
 
-def _save(out: Path, model, tokenizer, optim, rng, step: int) -> None:
+def _save(out: Path, model, tokenizer, optim, rng, step: int, device, precision: str) -> None:
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp)  # config.json + model.safetensors
         tokenizer.save_pretrained(tmp)
     state = {"step": step, "model": {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
-             "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
-             "block_rng": rng.bit_generator.state}
+             "optimizer": optim.state_dict(), **rng_states(device), "block_rng": rng.bit_generator.state,
+             "runtime": runtime_kind(device, precision)}
     with atomic_dir(out / "state") as tmp:
         write_train_state(tmp, state)

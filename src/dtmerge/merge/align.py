@@ -263,7 +263,7 @@ class Correlation:
     def matrix(self) -> np.ndarray:
         sa, sb, saa, sbb, sab = (t / self.n for t in self.sums)
         sd_a, sd_b = (saa - sa ** 2).clamp_min(0).sqrt(), (sbb - sb ** 2).clamp_min(0).sqrt()
-        return ((sab - sa[:, None] * sb[None, :]) / (sd_a[:, None] * sd_b[None, :] + 1e-12)).numpy()
+        return ((sab - sa[:, None] * sb[None, :]) / (sd_a[:, None] * sd_b[None, :] + 1e-12)).cpu().numpy()
 
 
 def activation_matching(target: DecisionTransformer, source: DecisionTransformer, batches,

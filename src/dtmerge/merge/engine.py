@@ -28,8 +28,14 @@ from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
 from dtmerge.runtime import MAX_SEED
 from dtmerge.store.bundle import write_bundle
-from dtmerge.store.checkpoint import (carried_meta, check_weights, load_checkpoint, read_meta, save_checkpoint,
-                                     trunk_sha256)
+from dtmerge.store.checkpoint import (
+    carried_meta,
+    check_weights,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    trunk_sha256,
+)
 from dtmerge.validate import one_line, read_yaml_mapping
 
 TRUNK_FIELDS = ("n_embd", "n_layer", "n_head", "n_inner", "activation")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from dtmerge.atomic import atomic_path, atomic_update, file_sha256, write_json
 from dtmerge.data import WindowSampler, dataset_files, load_dataset
 from dtmerge.outputs import claim_outputs, writer_lock
+from dtmerge.runtime import pick_device
 from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
 from dtmerge.store.schema import ESTIMATORS, FISHER_FORMAT, FisherMeta
 from dtmerge.validate import read_validated
@@ -73,24 +74,29 @@ def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[s
         x = tuple(v[i] for v in args)
         pred, pullback = vjp(lambda tp: mean_action(tp, *x), trunk)
         real = torch.nonzero(x[-1]).flatten()
-        basis = torch.zeros(len(real) * pred.shape[1], *pred.shape)
-        rows = torch.arange(len(basis))
-        basis[rows, real.repeat_interleave(pred.shape[1]), torch.arange(pred.shape[1]).repeat(len(real))] = 1.0
+        basis = torch.zeros(len(real) * pred.shape[1], *pred.shape, device=pred.device)
+        rows = torch.arange(len(basis), device=pred.device)
+        columns = torch.arange(pred.shape[1], device=pred.device).repeat(len(real))
+        basis[rows, real.repeat_interleave(pred.shape[1]), columns] = 1.0
         for n, g in vmap(pullback)(basis)[0].items():
             out[n] += (g ** 2).sum(0)
     return out
 
 
 def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exact", batches: int = 4,
-                   batch_size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False) -> Path:
-    """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on)."""
+                   batch_size: int = 64, seed: int = 0, progress: bool = True, overwrite: bool = False,
+                   device: str = "cpu") -> Path:
+    """Compute the trunk's diagonal Fisher on `dataset` (default: the one it was trained on), in
+    fp32 on `device`, summed in float64."""
     checkpoint = Path(checkpoint)
     with writer_lock(checkpoint.resolve()):
-        return _compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress, overwrite)
+        return _compute_fisher(checkpoint, dataset, estimator, batches, batch_size, seed, progress, overwrite,
+                               pick_device(device))
 
 
-def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, seed, progress, overwrite) -> Path:
-    model, meta = load_checkpoint(checkpoint)
+def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, seed, progress, overwrite,
+                    device) -> Path:
+    model, meta = load_checkpoint(checkpoint, device)
     model.eval()
     dataset = dataset or meta.get("dataset")
     if not dataset:
@@ -106,13 +112,13 @@ def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, s
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
     windows = tokens = 0
     for _ in tqdm(range(batches), desc=f"fisher {estimator}", disable=not progress):
-        batch = sampler.sample(batch_size)
+        batch = sampler.sample(batch_size, device)
         for n, v in fisher_terms(model, batch, estimator, names).items():
             total[n] += v.double()
         windows += batch_size
         tokens += int(batch["mask"].sum())
     denom = tokens if estimator == "batch" else windows
-    fisher = {n: (v / denom).float() for n, v in total.items()}
+    fisher = {n: (v / denom).float().cpu() for n, v in total.items()}
     with atomic_update(checkpoint) as copy:
         write_fisher(copy, fisher, {
             "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,

@@ -25,7 +25,17 @@ from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data import Trajectories, WindowSampler
 from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer
-from dtmerge.runtime import autocast, dropout_rng, pick_device, resolve_precision
+from dtmerge.runtime import (
+    autocast,
+    check_same_runtime,
+    dropout_rng,
+    make_deterministic,
+    pick_device,
+    resolve_precision,
+    rng_states,
+    runtime_kind,
+    set_rng_states,
+)
 from dtmerge.store.bundle import is_bundle, load_bundle_task, read_bundle_meta, write_bundle
 from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, load_train_state, read_meta, save_checkpoint
 from dtmerge.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -51,6 +61,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
     ckpt = run_dir / "checkpoint"
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    make_deterministic(device, cfg.deterministic)
     models = [r.model.to(device) for r in runs]
     names = [r.meta["task"] for r in runs]
     trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad] + extra.parameters()
@@ -59,7 +70,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
                               r.model.config.max_ep_len, seed=cfg.seed + i) for i, r in enumerate(runs)]
     step = 0
     if resume and ckpt.exists():
-        step = _restore(ckpt, cfg, runs, optim, samplers, extra, device)
+        step = _restore(ckpt, cfg, runs, optim, samplers, extra, device, precision)
     metas = [{**r.meta, "state_mean": np.asarray(r.state_mean).tolist(), "state_std": np.asarray(r.state_std).tolist(),
               "rtg_scale": cfg.rtg_scale, "seed": cfg.seed, "train_config": cfg.model_dump()} for r in runs]
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +118,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
             if step in cfg.keep_steps:  # before the checkpoint: a stop between the two repeats this step
                 _save(run_dir / "snapshots" / f"step-{step}", models, metas, None, step)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device), step)
+                _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device, precision), step)
     bar.close()
     return ckpt
 
@@ -129,21 +140,20 @@ def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:
     write_bundle(ckpt, shared, per_task, {"multitask": info}, train_state)
 
 
-def _train_state(step, optim, samplers, extra, device) -> dict:
-    state = {"step": step, "optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
-             "sampler_rng": [s.get_state() for s in samplers], "dropout_rng": dropout_rng().bit_generator.state,
-             "extra": extra.state()}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
+def _train_state(step, optim, samplers, extra, device, precision) -> dict:
+    return {"step": step, "optimizer": optim.state_dict(), **rng_states(device),
+            "sampler_rng": [s.get_state() for s in samplers], "dropout_rng": dropout_rng().bit_generator.state,
+            "extra": extra.state(), "runtime": runtime_kind(device, precision)}
 
 
-def _restore(ckpt: Path, cfg: TrainConfig, runs: list[TaskRun], optim, samplers, extra, device) -> int:
-    """Load the checkpoint's weights and training state, after checking it is this run's."""
+def _restore(ckpt: Path, cfg: TrainConfig, runs: list[TaskRun], optim, samplers, extra, device, precision) -> int:
+    """Load the checkpoint's weights and training state, after checking it is this run's (a field
+    added to the config after the run was saved counts as its default)."""
     multi = len(runs) > 1
     saved = read_bundle_meta(ckpt)["multitask"] if multi and is_bundle(ckpt) else read_meta(ckpt)
-    diff = {k: (saved["train_config"].get(k), v) for k, v in cfg.model_dump().items()
-            if k not in RESUMABLE_CHANGES and saved["train_config"].get(k) != v}
+    was = {k: saved["train_config"].get(k, field.get_default(call_default_factory=True))
+           for k, field in TrainConfig.model_fields.items()}
+    diff = {k: (was[k], v) for k, v in cfg.model_dump().items() if k not in RESUMABLE_CHANGES and was[k] != v}
     if diff:
         raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
     data = [r.meta["dataset_sha256"] for r in runs]
@@ -158,10 +168,9 @@ def _restore(ckpt: Path, cfg: TrainConfig, runs: list[TaskRun], optim, samplers,
         loaded, _ = load_bundle_task(ckpt, run.meta["task"]) if multi else load_checkpoint(ckpt)
         run.model.load_state_dict(loaded.state_dict())
     state = load_train_state(ckpt)
+    check_same_runtime(state.get("runtime"), runtime_kind(device, precision), ckpt)
     optim.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    set_rng_states(state, device)
     for sampler, rng_state in zip(samplers, state["sampler_rng"]):
         sampler.set_state(rng_state)
     dropout_rng().bit_generator.state = state["dropout_rng"]

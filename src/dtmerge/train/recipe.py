@@ -112,5 +112,9 @@ def extra_terms(cfg: TrainConfig, model, device) -> ExtraTerms:
         if cfg.lm_weight:
             if not cfg.lm_corpus or not cfg.share_lm_positions:
                 raise DtmergeError("lm_weight (L_LM) needs --lm-corpus and the LM's positions as timestep embedding")
+            rows = model.config.max_ep_len
+            if cfg.lm_seq_len > rows:  # an L_LM block's positions index the timestep embedding
+                raise DtmergeError(f"lm_seq_len {cfg.lm_seq_len} exceeds the {rows} rows of the timestep embedding "
+                                   f"that positions its tokens; use --lm-seq-len {rows} or less")
             lm = LMCoTraining(lm_dir, cfg.lm_corpus, cfg.lm_seq_len, cfg.lm_batch_size, cfg.seed, device)
     return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm, cfg.lm_weight, lm)
