@@ -312,6 +312,49 @@ def plot_cmd(logs, x, y, title, logy, out, overwrite):
     click.echo(plot_curves(runs, out, x, y, y, title, logy, overwrite))
 
 
+@main.group("import")
+def import_group():
+    """Models from other formats, as dtmerge checkpoints."""
+
+
+@import_group.command("hf")
+@click.argument("source")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--dataset", help="data whose state statistics (and task) the model was trained with")
+@click.option("--task", help="halfcheetah, hopper or walker2d [default: from the dataset or dtmerge.json]")
+@click.option("--state-mean", type=click.Path(exists=True, dir_okay=False), help="file of numbers (with --state-std)")
+@click.option("--state-std", type=click.Path(exists=True, dir_okay=False), help="file of numbers (with --state-mean)")
+@click.option("--rtg-scale", type=click.FloatRange(min=0, min_open=True),
+              help="returns-to-go are divided by this [default: dtmerge.json's, else 1000]")
+@click.option("--context-len", type=click.IntRange(1, 1000), help="K [default: dtmerge.json's, else 20]")
+@click.option("--allow-bin", is_flag=True, help="read a pytorch_model.bin (torch.load(weights_only=True))")
+@overwrite_option
+def import_hf_cmd(source, out, dataset, task, state_mean, state_std, rtg_scale, context_len, allow_bin, overwrite):
+    """A transformers DecisionTransformerModel (a directory with config.json and model.safetensors,
+    or a Hub id where the network allows) as a dtmerge checkpoint at OUT."""
+    from dtmerge.store.hf import import_hf
+
+    click.echo(import_hf(source, out, dataset, task, state_mean, state_std, rtg_scale, context_len, allow_bin,
+                         overwrite))
+
+
+@main.group("export")
+def export_group():
+    """dtmerge checkpoints in other formats."""
+
+
+@export_group.command("hf")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@overwrite_option
+def export_hf_cmd(checkpoint, out, overwrite):
+    """CHECKPOINT as a directory DecisionTransformerModel.from_pretrained loads, with dtmerge.json
+    holding the state normalisation the format has no place for."""
+    from dtmerge.store.hf import export_hf
+
+    click.echo(export_hf(checkpoint, out, overwrite))
+
+
 @main.group("lm")
 def lm_group():
     """Language models for DT initialisation (ChibiT-style pre-training)."""

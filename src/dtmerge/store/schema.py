@@ -72,6 +72,7 @@ class CheckpointMeta(TaskMeta):
     perturbation: dict | None = None  # provenance of a perturbed one
     merged_from: str | None = None  # the merged bundle an MFF finetune started from
     alignment: dict | None = None  # provenance of a permutation-aligned one (dtmerge align)
+    imported: dict | None = None  # provenance of one imported from another format (dtmerge import)
 
 
 class BundleMeta(Schema):
