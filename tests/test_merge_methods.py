@@ -1,9 +1,28 @@
 """Merge methods against exact, hand-computed answers."""
 
+import math
+
 import pytest
 import torch
 
-from dtmerge.merge.methods import METHODS, average, dare, fisher, interpolate, task_arithmetic, ties
+from dtmerge.merge.methods import (
+    METHODS,
+    average,
+    breadcrumbs,
+    dare,
+    della,
+    della_keep_probabilities,
+    fisher,
+    interpolate,
+    iso_c,
+    karcher,
+    model_stock,
+    ram,
+    slerp,
+    task_arithmetic,
+    ties,
+    tsv,
+)
 
 
 def _t(*v):
@@ -83,3 +102,126 @@ def test_dare_on_hand_built_vectors():
     expected = base + 0.5 * (torch.where(keep1, (t1 - base) / 0.5, 0) + torch.where(keep2, (t2 - base) / 0.5, 0))
     torch.testing.assert_close(dare([t1, t2], base=base, density=0.5, generator=torch.Generator().manual_seed(3)),
                                expected)
+
+
+def test_slerp_on_hand_built_vectors():
+    a, b = _t(2.0, 0.0), _t(0.0, 2.0)
+    r = math.sqrt(2.0)
+    torch.testing.assert_close(slerp([a, b], t=0.5), _t(r, r))  # on the arc, not the chord's (1, 1)
+    torch.testing.assert_close(slerp([a, b], t=0.0), a)
+    torch.testing.assert_close(slerp([a, b], t=1.0), b)
+    # 60 degrees apart, t = 1/2: sin(30)/sin(60) of each
+    c = _t(1.0, math.sqrt(3.0)) / 2 * 2
+    w = math.sin(math.pi / 6) / math.sin(math.pi / 3)
+    torch.testing.assert_close(slerp([a, c], t=0.5), w * a + w * c)
+    torch.testing.assert_close(slerp([a, a * 3], t=0.25), a * 1.5)  # parallel: linear
+    with pytest.raises(ValueError, match="exactly 2"):
+        slerp([a, b, a])
+
+
+def test_karcher_mean_on_hand_built_vectors():
+    r = math.sqrt(2.0)
+    torch.testing.assert_close(karcher([_t(1.0, 0.0), _t(0.0, 1.0)]), _t(1 / r, 1 / r))
+    torch.testing.assert_close(karcher([_t(2.0, 0.0), _t(0.0, 2.0)]), slerp([_t(2.0, 0.0), _t(0.0, 2.0)]))
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(karcher([x, x.clone(), x.clone()]), x)
+    # three unit vectors of an orthant: the mean direction is (1, 1, 1) / sqrt 3 by symmetry
+    e = torch.eye(3)
+    torch.testing.assert_close(karcher([e[0], e[1], e[2]], max_iter=50, tol=1e-10), torch.ones(3) / math.sqrt(3),
+                               rtol=0, atol=1e-6)
+
+
+def test_breadcrumbs_drops_outliers_and_the_smallest():
+    base = torch.zeros(10)
+    d = _t(5.0, -4.0, 3.0, 0.1, 2.0, -1.0, 0.5, 0.2, -0.3, 0.05)
+    # gamma 0.1: the largest (5) goes; density 0.5: the next five (-4, 3, 2, -1, 0.5) stay; the rest goes
+    torch.testing.assert_close(breadcrumbs([d], base=base, density=0.5, gamma=0.1, scale=1.0),
+                               _t(0.0, -4.0, 3.0, 0.0, 2.0, -1.0, 0.5, 0.0, 0.0, 0.0))
+    models = [base + torch.randn(10) for _ in range(3)]
+    torch.testing.assert_close(breadcrumbs(models, base=base, density=1.0, gamma=0.0), task_arithmetic(models, base))
+    with pytest.raises(ValueError, match="density \\+ gamma"):
+        breadcrumbs(models, base=base, density=0.9, gamma=0.2)
+
+
+def test_della_keep_probabilities_rise_with_magnitude_and_density_one_is_ties():
+    p = della_keep_probabilities(_t(1.0, -3.0, 2.0), density=0.5, epsilon=0.2)
+    torch.testing.assert_close(p, _t(0.3, 0.7, 0.5))  # ranks 0, 2, 1 of 2
+    base = torch.zeros(4)
+    t1, t2, t3 = _t(1.0, -2.0, 0.5, 3.0), _t(2.0, 1.0, -0.1, -1.0), _t(-4.0, 1.5, 0.3, -1.0)
+    torch.testing.assert_close(della([t1, t2, t3], base=base, density=1.0, epsilon=0.0),
+                               ties([t1, t2, t3], base=base, density=1.0))
+    a = della([t1, t2, t3], base=base, seed=3)
+    assert torch.equal(a, della([t1, t2, t3], base=base, seed=3))  # seeded
+    with pytest.raises(ValueError, match="della needs"):
+        della([t1, t2], base=base, density=0.9, epsilon=0.2)
+
+
+def test_model_stock_interpolates_by_the_angle_between_task_vectors():
+    base = _t(1.0, 1.0)
+    # orthogonal task vectors: t = 0, the base
+    torch.testing.assert_close(model_stock([base + _t(1.0, 0.0), base + _t(0.0, 1.0)], base=base), base)
+    # parallel ones: t = 1, the average
+    torch.testing.assert_close(model_stock([base + _t(1.0, 2.0), base + _t(2.0, 4.0)], base=base), _t(2.5, 4.0))
+    # 60 degrees (cos 1/2), N = 2: t = 2 * 0.5 / (1 + 0.5) = 2/3 of the way to the average
+    d1, d2 = _t(1.0, 0.0), _t(0.5, math.sqrt(3.0) / 2)
+    torch.testing.assert_close(model_stock([base + d1, base + d2], base=base), base + 2 / 3 * (d1 + d2) / 2)
+
+
+def test_tsv_keeps_decorrelated_task_subspaces_exactly():
+    base = torch.zeros(4, 4)
+    # rank 2 each (k = 4 / 2), in orthogonal row and column spaces: nothing to decorrelate
+    d1 = torch.zeros(4, 4)
+    d1[:2, :2] = torch.tensor([[3.0, 1.0], [0.5, 2.0]])
+    d2 = torch.zeros(4, 4)
+    d2[2:, 2:] = torch.tensor([[-1.0, 2.0], [1.5, 0.5]])
+    torch.testing.assert_close(tsv([base + d1, base + d2], base=base), d1 + d2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(tsv([_t(1.0, 2.0), _t(3.0, 4.0)], base=_t(1.0, 1.0)), _t(3.0, 5.0))  # 1-D: the sum
+
+
+def test_iso_c_flattens_the_spectrum_of_the_summed_task_vector():
+    base = torch.zeros(2, 2)
+    total = torch.diag(_t(3.0, 1.0))
+    torch.testing.assert_close(iso_c([total / 2, total / 2], base=base), 2 * torch.eye(2), rtol=0, atol=1e-6)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))  # a rotation keeps the spectrum
+    m = (q @ torch.diag(torch.tensor([4.0, 2.0, 0.0], dtype=torch.float64)) @ q.T).float()
+    out = iso_c([m], base=torch.zeros(3, 3))
+    torch.testing.assert_close(torch.linalg.svdvals(out.double()), torch.full((3,), 2.0, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+
+
+def test_ram_keeps_unique_updates_whole_and_averages_shared_ones():
+    base = torch.zeros(4)
+    d1, d2 = _t(1.0, 0.0, 2.0, 0.0), _t(0.0, 3.0, 4.0, 0.0)
+    torch.testing.assert_close(ram([d1, d2], base=base), _t(1.0, 3.0, 3.0, 0.0))  # averaging: 0.5, 1.5, 3, 0
+    torch.testing.assert_close(ram([d1, d2], base=base, unique_scale=2.0), _t(2.0, 6.0, 3.0, 0.0))
+    torch.testing.assert_close(ram([d1, d2], base=base, threshold=1.5), _t(0.0, 3.0, 3.0, 0.0))
+
+
+def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, monkeypatch):
+    """The README's plugin example, loaded as an installed package's entry point would be."""
+    from importlib.metadata import EntryPoint
+
+    from dtmerge.merge import methods
+
+    (tmp_path / "my_merges.py").write_text(PLUGIN_EXAMPLE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(methods, "_plugins_loaded", False)
+    monkeypatch.setattr(methods, "entry_points", lambda group: [
+        EntryPoint(name="my_merges", value="my_merges", group=group)] if group == methods.PLUGIN_GROUP else [])
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    assert "elementwise_max" in methods.available()
+    m = methods.available()["elementwise_max"]
+    torch.testing.assert_close(m.fn([_t(1.0, 5.0), _t(3.0, 2.0)]), _t(3.0, 5.0))
+
+
+PLUGIN_EXAMPLE = """
+import torch
+
+from dtmerge.merge.methods import register
+
+
+@register("elementwise_max")
+def elementwise_max(tensors):
+    \"\"\"Each element from the model with the largest value there (an example, 2026).\"\"\"
+    return torch.stack(tensors).max(0).values
+"""

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from dtmerge.errors import DtmergeError
 from dtmerge.merge.align import ALIGN_METHODS, align_checkpoint
 from dtmerge.merge.fisher import read_fisher_meta
-from dtmerge.merge.methods import METHODS
+from dtmerge.merge.methods import METHODS, available
 from dtmerge.model import DTConfig
 from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
@@ -72,9 +72,10 @@ class _Inputs:
     """The models of a merge, opened lazily as safetensors files, with their metadata checked."""
 
     def __init__(self, cfg: MergeConfig):
-        if cfg.method not in METHODS:
-            raise MergeError(f"unknown method {cfg.method!r}; methods: {', '.join(METHODS)}")
-        self.method = METHODS[cfg.method]
+        methods = available()
+        if cfg.method not in methods:
+            raise MergeError(f"unknown method {cfg.method!r}; methods: {', '.join(methods)}")
+        self.method = methods[cfg.method]
         unknown = set(cfg.params) - set(self.method.params)
         if unknown:
             raise MergeError(f"method {cfg.method} takes {list(self.method.params) or 'no parameters'}, "
@@ -207,7 +208,7 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
                 kwargs["base"] = inp.base[name]
             if method.needs_fisher:
                 kwargs.update(fishers=[f.get_tensor(name) for f in fishers], normalizers=normalizers)
-            if cfg.method == "dare":
+            if "seed" in method.params:  # a stream per tensor, so a merge repeats whatever it selects
                 kwargs["generator"] = torch.Generator().manual_seed(kwargs.get("seed", 0) + zlib.crc32(name.encode()))
             try:
                 out = method.fn(tensors, **kwargs)

@@ -3,11 +3,16 @@
 Every method gets `tensors` (one per model, same shape) and keyword arguments; it never sees
 names, files or models, so each is checked against exact answers in tests/test_merge_methods.py.
 Data-dependent methods get their statistics (Fisher diagonals, per-model normalisers) passed in.
+Methods that draw random numbers take a `seed` and get a `generator` seeded per tensor.
+
+A package adds its own methods without editing dtmerge: an entry point in the group
+`dtmerge.merge_methods` naming a module that registers them with `register` (see the README).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Callable
 
 import torch
@@ -22,14 +27,28 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+PLUGIN_GROUP = "dtmerge.merge_methods"
+_plugins_loaded = False
 
 
 def register(name: str, needs_base=False, needs_fisher=False, params=()):
     def deco(fn):
+        if name in METHODS and METHODS[name].fn is not fn:
+            raise ValueError(f"a merge method named {name!r} is registered already")
         METHODS[name] = Method(fn, needs_base, needs_fisher, tuple(params))
         return fn
 
     return deco
+
+
+def available() -> dict[str, Method]:
+    """Every method: dtmerge's and, loaded once, those other packages register (entry points)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry in entry_points(group=PLUGIN_GROUP):
+            entry.load()
+    return METHODS
 
 
 @register("interpolate", params=("alpha",))
@@ -112,11 +131,16 @@ def ties(tensors, base, density: float = 0.2, scale: float = 1.0):
         keep = torch.zeros_like(d, dtype=torch.bool)
         keep[d.abs().topk(k).indices] = True
         deltas.append(torch.where(keep, d, torch.zeros_like(d)))
+    return (base.double() + scale * _disjoint_mean(deltas).view_as(base)).to(base.dtype)
+
+
+def _disjoint_mean(deltas: list[torch.Tensor]) -> torch.Tensor:
+    """TIES's sign election: per element the sign of the summed deltas, then the mean of the
+    nonzero entries that agree with it."""
     stacked = torch.stack(deltas)
     sign = torch.sign(stacked.sum(0))
     agree = (torch.sign(stacked) == sign) & (stacked != 0)
-    merged = (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
-    return (base.double() + scale * merged.view_as(base)).to(base.dtype)
+    return (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
 
 
 @register("dare", needs_base=True, params=("density", "scale", "seed"))
@@ -136,3 +160,197 @@ def dare(tensors, base, density: float = 0.9, scale: float | None = None, seed: 
         keep = torch.rand(base.shape, generator=g) < density
         delta += torch.where(keep, (t.double() - base.double()) / density, torch.zeros_like(delta))
     return (base.double() + scale * delta).to(base.dtype)
+
+
+def _deltas(tensors, base) -> list[torch.Tensor]:
+    return [t.double() - base.double() for t in tensors]
+
+
+def _slerp(a: torch.Tensor, b: torch.Tensor, t: float, threshold: float = 0.9995) -> torch.Tensor:
+    """Spherical interpolation of two flattened float64 vectors, their lengths interpolated too
+    (mergekit's rule): nearly parallel vectors fall back to linear interpolation."""
+    na, nb = a.norm(), b.norm()
+    if na == 0 or nb == 0:
+        return torch.lerp(a, b, t)
+    dot = torch.clamp((a / na) @ (b / nb), -1.0, 1.0)
+    if dot.abs() > threshold:
+        return torch.lerp(a, b, t)
+    theta = torch.arccos(dot)
+    return (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
+
+
+@register("slerp", params=("t",))
+def slerp(tensors, t: float = 0.5):
+    """Spherical linear interpolation from the target (t = 0) to the source (t = 1), per tensor.
+
+    Animating Rotation with Quaternion Curves (Shoemake, 1985); as mergekit applies it to weights
+    (Goddard et al., 2024). `tensors` = [target, source]; for more models, use `karcher`.
+    """
+    if len(tensors) != 2:
+        raise ValueError(f"slerp merges exactly 2 models (target, source), got {len(tensors)}; karcher takes N")
+    a, b = (x.double().flatten() for x in tensors)
+    return _slerp(a, b, t).view_as(tensors[0]).to(tensors[0].dtype)
+
+
+@register("karcher", params=("max_iter", "tol"))
+def karcher(tensors, max_iter: int = 10, tol: float = 1e-5):
+    """The N-model SLERP: the Karcher (Riemannian) mean of the tensors' directions on the sphere,
+    scaled by their mean norm; for two models of equal norm it is SLERP at t = 0.5.
+
+    Riemannian center of mass and mollifier smoothing (Karcher, 1977); as in mergekit (Goddard et al.,
+    2024).
+    """
+    xs = [x.double().flatten() for x in tensors]
+    norms = torch.stack([x.norm() for x in xs])
+    if (norms == 0).any():
+        return average(tensors)
+    units = [x / n for x, n in zip(xs, norms)]
+    u = torch.stack(units).mean(0)
+    if u.norm() == 0:
+        return average(tensors)
+    u = u / u.norm()
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(u)
+        for x in units:  # the mean of the log maps of the points at u
+            cos = torch.clamp(u @ x, -1.0, 1.0)
+            theta = torch.arccos(cos)
+            if theta > 1e-12:
+                tangent += theta / torch.sin(theta) * (x - cos * u) / len(units)
+        step = tangent.norm()
+        if step < tol:
+            break
+        u = torch.cos(step) * u + torch.sin(step) * tangent / step  # the exponential map
+        u = u / u.norm()
+    return (u * norms.mean()).view_as(tensors[0]).to(tensors[0].dtype)
+
+
+@register("breadcrumbs", needs_base=True, params=("density", "gamma", "scale"))
+def breadcrumbs(tensors, base, density: float = 0.9, gamma: float = 0.01, scale: float | None = None):
+    """Model Breadcrumbs: per task vector, drop the largest `gamma` fraction of magnitudes (outliers)
+    and the smallest, keeping a `density` fraction in between; then task arithmetic (1/N by default).
+
+    Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks (Davari & Belilovsky, 2024).
+    """
+    if not 0 < density <= 1 or not 0 <= gamma < 1 or density + gamma > 1:
+        raise ValueError(f"breadcrumbs needs 0 < density <= 1, 0 <= gamma < 1, density + gamma <= 1; got "
+                         f"density {density}, gamma {gamma}")
+    scale = 1.0 / len(tensors) if scale is None else scale
+    out = torch.zeros(base.numel(), dtype=torch.float64)
+    for d in _deltas(tensors, base):
+        d = d.flatten()
+        order = d.abs().argsort()  # ascending magnitude
+        top, kept = int(gamma * d.numel()), max(1, int(round(density * d.numel())))
+        keep = order[d.numel() - top - kept:d.numel() - top]
+        out[keep] += d[keep]
+    return (base.double() + scale * out.view_as(base)).to(base.dtype)
+
+
+def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's MagPrune: keep probabilities rising linearly with magnitude rank, from density - epsilon
+    (smallest) to density + epsilon (largest)."""
+    flat = delta.flatten()
+    ranks = torch.empty_like(flat)
+    ranks[flat.abs().argsort()] = torch.arange(len(flat), dtype=flat.dtype)
+    spread = ranks / max(len(flat) - 1, 1) * 2 - 1  # -1 for the smallest, +1 for the largest
+    return (density + epsilon * spread).view_as(delta)
+
+
+@register("della", needs_base=True, params=("density", "epsilon", "scale", "seed"))
+def della(tensors, base, density: float = 0.7, epsilon: float = 0.1, scale: float = 1.0, seed: int = 0,
+          generator=None):
+    """DELLA: drop each task-vector element with a probability that falls with its magnitude rank
+    (MagPrune), rescale the survivors by 1 / their keep probability, elect signs and take the
+    disjoint mean as TIES does, times `scale`.
+
+    DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling (Deep et al.,
+    2024).
+    """
+    if not (epsilon >= 0 and 0 < density - epsilon and density + epsilon <= 1):
+        raise ValueError(f"della needs 0 < density - epsilon and density + epsilon <= 1; got density {density}, "
+                         f"epsilon {epsilon}")
+    g = generator or torch.Generator().manual_seed(seed)
+    kept = []
+    for d in _deltas(tensors, base):
+        p = della_keep_probabilities(d, density, epsilon)
+        keep = torch.rand(d.shape, generator=g, dtype=torch.float64) < p
+        kept.append(torch.where(keep, d / p, torch.zeros_like(d)))
+    return (base.double() + scale * _disjoint_mean(kept)).to(base.dtype)
+
+
+@register("model_stock", needs_base=True)
+def model_stock(tensors, base):
+    """Model Stock: interpolate between the models' average and the base by t = N cos / (1 + (N-1) cos),
+    with cos the mean pairwise cosine between the task vectors (per tensor): orthogonal task vectors
+    give the base, parallel ones the average.
+
+    Model Stock: All we need is just a few fine-tuned models (Jang et al., 2024).
+    """
+    if len(tensors) < 2:
+        raise ValueError("model_stock needs at least 2 models")
+    deltas = [d.flatten() for d in _deltas(tensors, base)]
+    cosines = [torch.nn.functional.cosine_similarity(a, b, dim=0) for i, a in enumerate(deltas)
+               for b in deltas[i + 1:]]
+    cos = torch.stack(cosines).mean().clamp(min=0.0)  # a negative mean: nothing shared, keep the base
+    n = len(tensors)
+    t = n * cos / (1 + (n - 1) * cos)
+    mean = torch.stack([x.double() for x in tensors]).mean(0)
+    return (t * mean + (1 - t) * base.double()).to(base.dtype)
+
+
+def _orthogonal(m: torch.Tensor) -> torch.Tensor:
+    """The orthogonal matrix nearest to `m` (Procrustes: U V^T of its SVD)."""
+    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    return u @ vh
+
+
+@register("tsv", needs_base=True, params=("scale",))
+def tsv(tensors, base, scale: float = 1.0):
+    """TSV-Merge: per 2-D weight, each task vector's top rank / N singular vectors, decorrelated
+    across tasks (their stacked bases replaced by the nearest orthogonal ones) and recombined with
+    their singular values; other tensors by task arithmetic (sum). Times `scale`.
+
+    Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025).
+    """
+    deltas = _deltas(tensors, base)
+    if base.dim() != 2:
+        return (base.double() + scale * torch.stack(deltas).sum(0)).to(base.dtype)
+    k = max(1, min(base.shape) // len(tensors))
+    us, ss, vs = [], [], []
+    for d in deltas:
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        us.append(u[:, :k]), ss.append(s[:k]), vs.append(vh[:k].T)
+    u, v, s = _orthogonal(torch.cat(us, 1)), _orthogonal(torch.cat(vs, 1)), torch.cat(ss)
+    return (base.double() + scale * (u * s) @ v.T).to(base.dtype)
+
+
+@register("iso_c", needs_base=True, params=("scale",))
+def iso_c(tensors, base, scale: float = 1.0):
+    """Iso-C: per 2-D weight, the summed task vector with its singular values all set to their
+    mean (an isotropic spectrum, so no task's directions dominate); other tensors by task
+    arithmetic (sum). Times `scale`.
+
+    No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (Marczak et al.,
+    2025).
+    """
+    total = torch.stack(_deltas(tensors, base)).sum(0)
+    if base.dim() == 2:
+        u, s, vh = torch.linalg.svd(total, full_matrices=False)
+        total = s.mean() * u @ vh
+    return (base.double() + scale * total).to(base.dtype)
+
+
+@register("ram", needs_base=True, params=("threshold", "unique_scale"))
+def ram(tensors, base, threshold: float = 0.0, unique_scale: float = 1.0):
+    """RAM: an element changed (|delta| > threshold) by several models gets the mean of their
+    deltas; one changed by one model only keeps that model's delta (times `unique_scale`), rather
+    than a 1/N share of it as averaging gives; unchanged elements stay at the base. RAM+'s
+    overlap-derived rescaling is not reproduced: set `unique_scale` to rescale.
+
+    Behavior Knowledge Merge in Reinforced Agentic Models (Yuan et al., 2026).
+    """
+    stacked = torch.stack(_deltas(tensors, base))
+    changed = stacked.abs() > threshold
+    count = changed.sum(0)
+    mean = (stacked * changed).sum(0) / count.clamp(min=1)
+    merged = torch.where(count == 1, unique_scale * mean, mean)
+    return (base.double() + merged).to(base.dtype)
