@@ -1,6 +1,7 @@
 """Merge methods against exact, hand-computed answers."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,14 +215,11 @@ def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, mon
     torch.testing.assert_close(m.fn([_t(1.0, 5.0), _t(3.0, 2.0)]), _t(3.0, 5.0))
 
 
-PLUGIN_EXAMPLE = """
-import torch
+def _readme_plugin_example() -> str:
+    """The plugin example exactly as the README shows it."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in readme.split("```python")[1:] if "elementwise_max" in b)
+    return block.split("```")[0]
 
-from dtmerge.merge.methods import register
 
-
-@register("elementwise_max")
-def elementwise_max(tensors):
-    \"\"\"Each element from the model with the largest value there (an example, 2026).\"\"\"
-    return torch.stack(tensors).max(0).values
-"""
+PLUGIN_EXAMPLE = _readme_plugin_example()
