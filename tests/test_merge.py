@@ -322,3 +322,47 @@ def test_fisher_normalisers_match_hand_computation(tmp_path, task_models, normal
         expected = (w[0] * weights[0][n].double() + w[1] * weights[1][n].double()) / (w[0] + w[1])
         torch.testing.assert_close(shared[n], expected.float(), rtol=0, atol=1e-7)
     assert json.loads((paths[0] / "fisher.json").read_text())["total"] == pytest.approx(1 * n_mlp + 3 * n_blocks)
+
+
+def test_regmean_grams_match_a_hand_loop_and_merge(tmp_path, task_models):
+    import shutil
+
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from dtmerge.cli import main
+    from dtmerge.data import WindowSampler, load_dataset
+    from dtmerge.merge.regmean import compute_grams, layer_grams
+    from dtmerge.store.checkpoint import load_checkpoint
+
+    models = {}
+    for task in ("hopper", "walker2d"):
+        models[task] = tmp_path / task
+        shutil.copytree(task_models[task], models[task])
+    model, meta = load_checkpoint(models["hopper"])
+    traj, _ = load_dataset(meta["dataset"], "hopper")
+    batch = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"], meta["rtg_scale"],
+                          model.config.max_ep_len, seed=0).sample(8)
+    grams, tokens = layer_grams(model.eval(), [batch])
+    key_mask = batch["mask"].repeat_interleave(3, dim=1)
+    with torch.no_grad():  # block 0's c_attn sees ln_1 of the embedded tokens
+        x = model.transformer.h[0].ln_1(model.tokens(batch["states"], batch["actions"], batch["returns_to_go"],
+                                                     batch["timesteps"]))[key_mask].double()
+    torch.testing.assert_close(grams["transformer.h.0.attn.c_attn.weight"], x.T @ x)
+    assert tokens == int(key_mask.sum()) and len(grams) == 4 * model.config.n_layer
+
+    r = CliRunner().invoke(main, ["merge", "--model", str(models["hopper"]), "--model", str(models["walker2d"]),
+                                  "--method", "regmean", "--output", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "compute it first with `dtmerge regmean" in r.output
+    for path in models.values():
+        compute_grams(path, batches=1, batch_size=8, progress=False)
+    r = CliRunner().invoke(main, ["merge", "--model", str(models["hopper"]), "--model", str(models["walker2d"]),
+                                  "--method", "regmean", "--select", "attn", "--select", "mlp",
+                                  "--output", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    shared = load_file(tmp_path / "m" / "shared.safetensors")
+    a, b = load_file(models["hopper"] / "model.safetensors"), load_file(models["walker2d"] / "model.safetensors")
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.allclose(shared[name], (a[name] + b[name]) / 2)  # weighted by the data, not averaged
+    bias = "transformer.h.0.mlp.c_fc.bias"
+    torch.testing.assert_close(shared[bias], (a[bias] + b[bias]) / 2)

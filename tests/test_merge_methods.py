@@ -223,3 +223,22 @@ def _readme_plugin_example() -> str:
 
 
 PLUGIN_EXAMPLE = _readme_plugin_example()
+
+
+def test_regmean_is_the_least_squares_merge():
+    from dtmerge.merge.methods import regmean
+
+    # one input dimension: weights 4 and 1 on the two models' weights 1 and 6
+    torch.testing.assert_close(regmean([_t(1.0)[None], _t(6.0)[None]], grams=[torch.tensor([[4.0]]),
+                                                                              torch.tensor([[1.0]])]),
+                               torch.tensor([[2.0]]))
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(30, 4, generator=g, dtype=torch.float64)
+    w1, w2 = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    merged = regmean([w1, w2], grams=[x1.T @ x1, x2.T @ x2], alpha=1.0)
+    # the weight whose outputs best match each model's own outputs on its own inputs
+    best = torch.linalg.lstsq(torch.cat([x1, x2]), torch.cat([x1 @ w1, x2 @ w2])).solution
+    torch.testing.assert_close(merged, best)
+    same = torch.eye(4, dtype=torch.float64) * 2
+    torch.testing.assert_close(regmean([w1, w2], grams=[same, same]), (w1 + w2) / 2)
+    torch.testing.assert_close(regmean([_t(1.0, 3.0), _t(3.0, 5.0)], grams=[None, None]), _t(2.0, 4.0))  # biases

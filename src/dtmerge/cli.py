@@ -228,6 +228,24 @@ def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, device
                               overwrite=overwrite, device=device))
 
 
+@main.command("regmean")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", help="data to record it on [default: the checkpoint's training data]")
+@click.option("--batches", default=4, type=COUNT, help="batches of windows")
+@click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch")
+@click.option("--seed", default=0, type=SEED, help="seed for the window sampler")
+@click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+@overwrite_option
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def regmean_cmd(checkpoint, dataset, batches, batch_size, seed, device, overwrite, quiet):
+    """Record the Gram matrices of the trunk's linear-layer inputs on the checkpoint's data, beside
+    it (regmean.safetensors + regmean.json), for `method: regmean` merges."""
+    from dtmerge.merge.regmean import compute_grams
+
+    click.echo(compute_grams(checkpoint, dataset, batches, batch_size, seed, progress=not quiet, overwrite=overwrite,
+                             device=device))
+
+
 @main.command("mff")
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
 @resume_option

@@ -23,6 +23,7 @@ from dtmerge.errors import DtmergeError
 from dtmerge.merge.align import ALIGN_METHODS, align_checkpoint
 from dtmerge.merge.fisher import read_fisher_meta
 from dtmerge.merge.methods import METHODS, available
+from dtmerge.merge.regmean import read_grams
 from dtmerge.model import DTConfig
 from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs
@@ -112,6 +113,7 @@ class _Inputs:
         self.fisher_paths = [p / "fisher.safetensors" for p in self.paths] if self.method.needs_fisher else []
         if self.method.needs_fisher:
             self._check_fishers()
+        self.grams = [read_grams(p, self.selected) for p in self.paths] if self.method.needs_grams else []
         self.base = None
         if self.method.needs_base:
             self._check_base(cfg)
@@ -206,6 +208,8 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
             kwargs = dict(cfg.params)
             if method.needs_base:
                 kwargs["base"] = inp.base[name]
+            if method.needs_grams:
+                kwargs["grams"] = [g.get(name) for g in inp.grams]
             if method.needs_fisher:
                 kwargs.update(fishers=[f.get_tensor(name) for f in fishers], normalizers=normalizers)
             if "seed" in method.params:  # a stream per tensor, so a merge repeats whatever it selects

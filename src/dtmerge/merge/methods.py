@@ -24,6 +24,7 @@ class Method:
     needs_base: bool = False
     needs_fisher: bool = False
     params: tuple[str, ...] = ()
+    needs_grams: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -31,11 +32,11 @@ PLUGIN_GROUP = "dtmerge.merge_methods"
 _plugins_loaded = False
 
 
-def register(name: str, needs_base=False, needs_fisher=False, params=()):
+def register(name: str, needs_base=False, needs_fisher=False, params=(), needs_grams=False):
     def deco(fn):
         if name in METHODS and METHODS[name].fn is not fn:
             raise ValueError(f"a merge method named {name!r} is registered already")
-        METHODS[name] = Method(fn, needs_base, needs_fisher, tuple(params))
+        METHODS[name] = Method(fn, needs_base, needs_fisher, tuple(params), needs_grams)
         return fn
 
     return deco
@@ -354,3 +355,20 @@ def ram(tensors, base, threshold: float = 0.0, unique_scale: float = 1.0):
     mean = (stacked * changed).sum(0) / count.clamp(min=1)
     merged = torch.where(count == 1, unique_scale * mean, mean)
     return (base.double() + merged).to(base.dtype)
+
+
+@register("regmean", needs_grams=True, params=("alpha",))
+def regmean(tensors, grams, alpha: float = 0.9):
+    """RegMean: per linear weight W (Conv1D layout, y = x W), the least-squares merge
+    (sum_i G_i)^-1 sum_i G_i W_i, with G_i the Gram matrix of the layer's inputs on model i's own
+    data and its off-diagonal entries scaled by `alpha`; tensors without Grams are averaged.
+
+    Dataless Knowledge Fusion by Merging Weights of Language Models (Jin et al., ICLR 2023).
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"regmean alpha must be in [0, 1], got {alpha}")
+    if any(g is None for g in grams):
+        return average(tensors)
+    shrunk = [alpha * g.double() + (1 - alpha) * torch.diag(g.double().diagonal()) for g in grams]
+    rhs = sum(g @ t.double() for g, t in zip(shrunk, tensors))
+    return torch.linalg.lstsq(sum(shrunk), rhs).solution.to(tensors[0].dtype)

@@ -18,6 +18,7 @@ from dtmerge.validate import Schema
 CHECKPOINT_FORMAT = "dtmerge.dt/1"
 BUNDLE_FORMAT = "dtmerge.bundle/1"
 FISHER_FORMAT = "dtmerge.fisher/1"
+GRAM_FORMAT = "dtmerge.regmean/1"
 ESTIMATORS = ("exact", "empirical", "batch")
 
 
@@ -119,3 +120,17 @@ class FisherMeta(Schema):
         if self.total > self.trunk_total * (1 + 1e-6) or not math.isfinite(self.trunk_total):
             raise ValueError("total (blocks) exceeds trunk_total (every tensor)")
         return self
+
+
+class GramMeta(Schema):
+    """regmean.json beside a checkpoint: the data its RegMean Grams come from and the files they belong to."""
+
+    format: Literal["dtmerge.regmean/1"] = GRAM_FORMAT
+    dataset: str
+    batches: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    seed: int
+    tokens: int = Field(gt=0)
+    model_sha256: Sha256
+    gram_sha256: Sha256
+    tensors: list[str] = Field(min_length=1)
