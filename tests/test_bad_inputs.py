@@ -44,7 +44,7 @@ def pristine(tmp_path_factory, task_files, task_models):
     shutil.copy(task_files["hopper"], ws / "data.hdf5")
     for task in ("hopper", "walker2d"):
         shutil.copytree(task_models[task], ws / task)
-        compute_fisher(ws / task, estimator="empirical", batches=1, batch_size=4, progress=False)
+        compute_fisher(ws / task, estimator="empirical", batches=1, batch_size=4, progress=False, overwrite=True)
     merge(MergeConfig(models=[str(ws / "hopper"), str(ws / "walker2d")], select=["attn"], output=str(ws / "bundle")))
     shutil.copy(task_models["hopper"].parent / "metrics.jsonl", ws / "log.jsonl")
     (ws / "merge.yaml").write_text("models: [hopper, walker2d]\nselect: [attn]\noutput: merged\n")

@@ -20,6 +20,13 @@ def test_train_from_yaml_with_flag_override_then_eval(tmp_path, hopper_file):
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["steps"] == 4 and saved["model"]["n_head"] == 2 and saved["model"]["n_embd"] == 32
+    from huggingface_hub import ModelCard  # the checkpoint's model card, parsed back as the Hub would
+
+    card = ModelCard.load(tmp_path / "run" / "checkpoint" / "README.md")
+    scores = json.loads((tmp_path / "run" / "eval.json").read_text())["targets"]
+    assert card.data.library_name == "dtmerge" and "hopper" in card.data.tags
+    assert [r.metric_value for r in card.data.eval_results] == [round(t["score_mean"], 2) for t in scores]
+    assert "## How it was made" in card.text and '"steps": 4' in card.text
     out = tmp_path / "eval.json"
     r = run("eval", tmp_path / "run" / "checkpoint", "--episodes", 2, "--target", 500, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
@@ -81,6 +88,10 @@ def test_multitask_from_the_command_line(tmp_path, task_files):
             "--eval-targets", 100, "--device", "cpu", "--quiet")
     assert r.exit_code == 0, r.output
     assert "| hopper | 100 |" in r.output and "| walker2d | 100 |" in r.output
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "m" / "checkpoint" / "README.md")
+    assert {"hopper", "walker2d"} <= set(card.data.tags) and len(card.data.eval_results) == 2
 
 
 def test_yaml_reads_a_float_without_a_dot_as_the_number_a_user_means(tmp_path):

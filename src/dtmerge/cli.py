@@ -98,7 +98,22 @@ def train_cmd(config_file, resume, overwrite, quiet, **flags):
         results = [evaluate_checkpoint(ckpt, cmd.eval_episodes, cmd.eval_targets, seed=cfg.seed, device=cfg.device,
                                        precision=cfg.precision, progress=not quiet, task=t) for t in tasks]
         write_json(ckpt.parent / "eval.json", results[0] if len(results) == 1 else {"results": results})
+        _card_with_scores(ckpt, results)
         _print_results(results)
+
+
+def _card_with_scores(ckpt: Path, results: list[dict]) -> None:
+    """The model card of a checkpoint or bundle this command made, now with its scores."""
+    from dtmerge.store.bundle import is_bundle, read_bundle_meta
+    from dtmerge.store.card import bundle_provenance, checkpoint_provenance, write_card
+    from dtmerge.store.checkpoint import read_meta
+
+    if is_bundle(ckpt):
+        meta = read_bundle_meta(ckpt)
+        write_card(ckpt, meta["tasks"], bundle_provenance(meta), results)
+    else:
+        meta = read_meta(ckpt)
+        write_card(ckpt, {meta["task"]: meta}, checkpoint_provenance(meta), results)
 
 
 @main.command("eval")

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, write_json
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.store.card import bundle_provenance, write_card
 from dtmerge.store.checkpoint import CheckpointError, check_tensors, read_tensors, write_train_state
 from dtmerge.store.schema import BUNDLE_FORMAT, BundleMeta, TaskMeta
 from dtmerge.validate import one_line, read_validated
@@ -52,7 +53,9 @@ def write_bundle(path, shared: dict[str, torch.Tensor], per_task: dict[str, tupl
             if overlap:
                 raise ValueError(f"tensors both shared and task-specific for {task}: {sorted(overlap)[:3]}")
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{task}.safetensors")
-        write_json(tmp / "bundle.json", checked.model_dump(mode="json"))
+        written = checked.model_dump(mode="json")
+        write_json(tmp / "bundle.json", written)
+        write_card(tmp, written["tasks"], bundle_provenance(written))
     return Path(path)
 
 

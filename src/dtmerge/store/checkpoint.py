@@ -23,6 +23,7 @@ from dtmerge.atomic import atomic_dir, read_json, write_json
 from dtmerge.envs import get_task
 from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer, DTConfig
+from dtmerge.store.card import checkpoint_provenance, write_card
 from dtmerge.store.schema import CHECKPOINT_FORMAT, CheckpointMeta
 from dtmerge.validate import one_line, read_validated
 
@@ -60,7 +61,9 @@ def save_checkpoint(path, model: DecisionTransformer, meta: dict, train_state: d
     with atomic_dir(path) as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(tensors, tmp / "model.safetensors")
-        write_json(tmp / "meta.json", checked.model_dump(mode="json"))
+        written = checked.model_dump(mode="json")
+        write_json(tmp / "meta.json", written)
+        write_card(tmp, {written["task"]: written}, checkpoint_provenance(written))
         if train_state is not None:
             write_train_state(tmp, train_state)
     return path
