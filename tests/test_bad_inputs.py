@@ -459,7 +459,7 @@ def config_train_negative_steps(ws):
     return ["train", "--config", "train.yaml"]
 
 
-@case("preset: Input should be")
+@case("Invalid value for '--preset'")
 def config_train_unknown_preset(ws):
     return ["train", "--dataset", "data.hdf5", "--preset", "chibit-xl"]
 
@@ -888,7 +888,7 @@ NUMBERS = [  # (name, args, expect): numbers out of range, on the command line a
     *((f"seed_dare_{v}", MERGE + ["--method", "dare", "--base", "hopper", "--force", "--param", f"seed={v}"],
        "parameter seed=") for v in ("-1", str(2**64))),
     ("precision_eval_fp16", ["eval", "hopper", "--precision", "fp16"], "Invalid value for '--precision'"),
-    ("precision_train_fp16", _train(None, "--precision", "fp16"), "precision: Input should be"),
+    ("precision_train_fp16", _train(None, "--precision", "fp16"), "Invalid value for '--precision'"),
     ("device_eval_cuda99", ["eval", "hopper", "--episodes", "1", "--device", "cuda:99"], "--device 'cuda:99'"),
     ("device_eval_bogus", ["eval", "hopper", "--episodes", "1", "--device", "toaster"], "--device 'toaster'"),
     ("device_train_cuda99", _train(None, "--device", "cuda:99"), "--device 'cuda:99'"),

@@ -20,6 +20,7 @@ from dtmerge import __version__
 from dtmerge.config import build_config, pydantic_options
 from dtmerge.errors import DtmergeError
 from dtmerge.lm.pretrain import PretrainConfig
+from dtmerge.loggers import LOGGERS
 from dtmerge.merge.perturb import KINDS as PERTURBATIONS
 from dtmerge.runtime import MAX_BATCH, MAX_SEED, PRECISIONS
 from dtmerge.train import TrainConfig
@@ -29,6 +30,8 @@ from dtmerge.zoo.collect import CollectConfig
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="replace existing outputs (only once the new ones are complete)")
 resume_option = click.option("--resume", is_flag=True, help="continue the stopped run in the output")
+log_option = click.option("--log", "log", multiple=True, type=click.Choice(LOGGERS),
+                          help="also log to tensorboard or wandb (offline); metrics.jsonl is always written")
 SEED = click.IntRange(0, MAX_SEED)  # every --seed: numpy's global seed takes no larger one
 COUNT = click.IntRange(min=1)
 
@@ -99,6 +102,11 @@ def train_cmd(config_file, resume, overwrite, quiet, **flags):
                                        precision=cfg.precision, progress=not quiet, task=t) for t in tasks]
         write_json(ckpt.parent / "eval.json", results[0] if len(results) == 1 else {"results": results})
         _card_with_scores(ckpt, results)
+        if cfg.log:
+            from dtmerge.loggers import Loggers
+
+            with Loggers(cfg.log, ckpt.parent, ckpt.parent.name) as loggers:
+                loggers.log_scores(results, cfg.steps)
         _print_results(results)
 
 
@@ -265,26 +273,34 @@ def regmean_cmd(checkpoint, dataset, batches, batch_size, seed, device, overwrit
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
 @resume_option
 @overwrite_option
+@log_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def mff_cmd(config_file, resume, overwrite, quiet):
+def mff_cmd(config_file, resume, overwrite, log, quiet):
     """Merge-Freeze-Finetune from a YAML file (merge: ..., output, datasets, finetune: ...)."""
     from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 
-    click.echo(merge_freeze_finetune(build_config(MFFConfig, config_file, {}), resume, overwrite, progress=not quiet))
+    cfg = _with_finetune_log(build_config(MFFConfig, config_file, {}), log)
+    click.echo(merge_freeze_finetune(cfg, resume, overwrite, progress=not quiet))
+
+
+def _with_finetune_log(cfg, log):
+    """A pipeline config whose finetuning runs also log to `log` (the loggers a flag asked for)."""
+    return cfg.model_copy(update={"finetune": {**cfg.finetune, "log": list(log)}}) if log else cfg
 
 
 @main.command("finetune-merge")
 @click.argument("config_file", type=click.Path(exists=True, dir_okay=False))
 @resume_option
 @overwrite_option
+@log_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def finetune_merge_cmd(config_file, resume, overwrite, quiet):
+def finetune_merge_cmd(config_file, resume, overwrite, log, quiet):
     """Finetune a copy of a multi-task bundle per task, then merge the copies (Table V); YAML with
     multitask, datasets, output, method (average|fisher), select, finetune, fisher."""
     from dtmerge.merge.pipeline import FinetuneMergeConfig, finetune_then_merge
 
-    bundle = finetune_then_merge(build_config(FinetuneMergeConfig, config_file, {}), resume, overwrite,
-                                 progress=not quiet)
+    cfg = _with_finetune_log(build_config(FinetuneMergeConfig, config_file, {}), log)
+    bundle = finetune_then_merge(cfg, resume, overwrite, progress=not quiet)
     click.echo(bundle)
     evals = Path(bundle).with_name(Path(bundle).name + ".runs") / "eval.json"
     if evals.is_file():
@@ -449,13 +465,16 @@ def experiment_list():
 @click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
 @resume_option
 @overwrite_option
+@log_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, resume, overwrite, quiet):
-    """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out."""
+def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, resume, overwrite, log,
+                   quiet):
+    """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out; with
+    --log, every artifact's training metrics and scores also go to the loggers (under --out)."""
     from dtmerge.experiments.suite import run_suite
 
     run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo,
-              executor=executor, gpus_per_artifact=gpus_per_artifact)
+              executor=executor, gpus_per_artifact=gpus_per_artifact, log=log)
 
 
 @experiment_group.command("report")

@@ -6,7 +6,7 @@ descriptions), so every option is declared once; `build_config` layers defaults 
 
 from __future__ import annotations
 
-from typing import get_args, get_origin
+from typing import Literal, get_args, get_origin
 
 import click
 from pydantic import BaseModel, ValidationError
@@ -19,14 +19,23 @@ def _flag(name: str) -> str:
 
 
 def _click_type(annotation):
-    """(click type, multiple) for `int`, `str | None`, `list[float]`, `list[str] | None`, `Literal[...]`."""
+    """(click type, multiple) for `int`, `str | None`, `list[float]`, `list[str] | None`, `Literal[...]`
+    (a choice, so `--help` lists the values), `list[Literal[...]]`."""
     if get_origin(annotation) is list:
-        return get_args(annotation)[0], True
+        return _scalar(get_args(annotation)[0]), True
+    if get_origin(annotation) is Literal:
+        return _scalar(annotation), False
     args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
     base = args[0]
     if get_origin(base) is list:
-        return get_args(base)[0], True
-    return (base if base in (int, float, str, bool) else str), False
+        return _scalar(get_args(base)[0]), True
+    return _scalar(base), False
+
+
+def _scalar(annotation):
+    if get_origin(annotation) is Literal:
+        return click.Choice([str(v) for v in get_args(annotation)])
+    return annotation if annotation in (int, float, str, bool) else str
 
 
 def pydantic_options(model: type[BaseModel], nested: tuple[str, ...] = (), skip: tuple[str, ...] = ()):

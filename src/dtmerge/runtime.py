@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dtmerge.errors import DtmergeError
+from dtmerge.loggers import LOGGERS
 
 MAX_SEED = 2**32 - 1  # numpy's global seed takes no larger one
 MAX_BATCH = 4096  # windows per batch; the paper's is 64, and much larger ones exhaust memory
@@ -30,6 +31,8 @@ class RunConfig(BaseModel):
     deterministic: bool = Field(True, description="CUDA: deterministic kernels, so a run repeats bit for bit "
                                                   "(off: faster); CPU kernels are deterministic anyway")
     log_every: int = Field(100, gt=0, description="steps between metrics lines")
+    log: list[Literal[LOGGERS]] = Field(default_factory=list, description="loggers beside metrics.jsonl (always "
+                                                                          "written): tensorboard, wandb (offline)")
     save_every: int = Field(1000, gt=0, description="steps between resumable checkpoints")
 
 

@@ -14,6 +14,7 @@ from dtmerge.experiments import EXPERIMENTS, runner
 from dtmerge.experiments.common import SUMMARY_FORMAT
 from dtmerge.experiments.scales import SCALES, Scale
 from dtmerge.experiments.store import Store
+from dtmerge.loggers import Loggers, check_loggers
 from dtmerge.outputs import claim_outputs, run_directory
 
 
@@ -30,9 +31,10 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
 
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int | None = 1, store=None,
               resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
-              executor: str = "local", gpus_per_artifact: float | None = None) -> Path:
+              executor: str = "local", gpus_per_artifact: float | None = None, log=()) -> Path:
     """Run experiments `names` at a scale, then report them under `out`; `workers` None: one per
-    GPU where there are GPUs, else one per core."""
+    GPU where there are GPUs, else one per core; `log`: loggers that get every artifact's training
+    metrics and evaluation scores (replayed from the store once the run is complete)."""
     workers = runner.default_workers() if workers is None else workers
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
@@ -53,12 +55,33 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
                                f"resume it with the same --scale and --seeds, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale.for_experiment(name)).values()]
+    check_loggers(log)  # refused before any work, not after hours of it
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite, resume) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
                                        "store": str(store.root.resolve())})
         report(work, echo)
+        if log:
+            with Loggers(log, work, f"{scale.name}: {', '.join(names)}", {"experiments": names,
+                                                                          "scale": scale.name}) as loggers:
+                log_artifacts(loggers, store, runner.all_nodes(targets))
     return out
+
+
+def log_artifacts(loggers: Loggers, store: Store, nodes) -> None:
+    """Each training artifact's metrics.jsonl under `<kind>/<key>`, each evaluation's scores under
+    `eval/<key>/<task>/rtg_<target>` (step: the evaluated model's training step)."""
+    for node in nodes:
+        if node.kind in ("dt", "lm", "mff"):
+            for metrics in sorted(store.path(node).rglob("metrics.jsonl")):
+                for line in metrics.read_text().splitlines():
+                    rec = json.loads(line)
+                    loggers.log(rec, rec["step"], prefix=f"{node.kind}/{node.key}")
+        elif node.kind == "eval":
+            result = store.result(node)
+            for t in result["targets"]:
+                loggers.log({"score": t["score_mean"], "return": t["return_mean"]}, result.get("step") or 0,
+                            prefix=f"eval/{node.key}/{result['task']}/rtg_{t['target']:g}")
 
 
 def report(out, echo=print) -> dict:

@@ -22,6 +22,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir, atomic_path, write_json
+from dtmerge.loggers import Loggers
 from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.runtime import (
     MAX_BATCH,
@@ -179,7 +180,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="lm pretrain", unit="step", disable=not progress)
     t_last, step_last = time.perf_counter(), step
-    with open(out / "metrics.jsonl", "a") as log:
+    with open(out / "metrics.jsonl", "a") as log, Loggers(cfg.log, out, "lm", cfg.model_dump()) as loggers:
         while step < cfg.steps:
             starts = rng.integers(0, len(tokens) - cfg.seq_len, size=cfg.batch_size)
             batch = torch.from_numpy(tokens[starts[:, None] + np.arange(cfg.seq_len)]).to(device)
@@ -196,9 +197,10 @@ def _pretrain(cfg: PretrainConfig, out: Path, resume: bool, progress: bool) -> N
             bar.update()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                log.write(json.dumps({"step": step, "loss": loss.item(), "lr": lr,
-                                      "steps_per_s": (step - step_last) / (now - t_last)}) + "\n")
+                rec = {"step": step, "loss": loss.item(), "lr": lr, "steps_per_s": (step - step_last) / (now - t_last)}
+                log.write(json.dumps(rec) + "\n")
                 log.flush()
+                loggers.log(rec, step)
                 t_last, step_last = now, step
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.save_every == 0 or step == cfg.steps:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from dtmerge.atomic import atomic_path, write_json
 from dtmerge.data import Trajectories, WindowSampler
 from dtmerge.errors import DtmergeError
+from dtmerge.loggers import Loggers
 from dtmerge.model import DecisionTransformer
 from dtmerge.runtime import (
     autocast,
@@ -81,7 +82,8 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
         m.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'+'.join(names)}", unit="step", disable=not progress)
     t_last, step_last = time.perf_counter(), step
-    with open(run_dir / "metrics.jsonl", "a") as log:
+    with open(run_dir / "metrics.jsonl", "a") as log, Loggers(cfg.log, run_dir, "+".join(names),
+                                                             cfg.model_dump()) as loggers:
         while step < cfg.steps:
             batches = [s.sample(cfg.batch_size, device) for s in samplers]
             lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
@@ -114,6 +116,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
                 t_last, step_last = now, step
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
+                loggers.log(rec, step)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if step in cfg.keep_steps:  # before the checkpoint: a stop between the two repeats this step
                 _save(run_dir / "snapshots" / f"step-{step}", models, metas, None, step)
