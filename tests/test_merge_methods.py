@@ -199,7 +199,7 @@ def test_ram_keeps_unique_updates_whole_and_averages_shared_ones():
 
 
 def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, monkeypatch):
-    """The README's plugin example, loaded as an installed package's entry point would be."""
+    """The merging guide's plugin example, loaded as an installed package's entry point would be."""
     from importlib.metadata import EntryPoint
 
     from dtmerge.merge import methods
@@ -215,14 +215,14 @@ def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, mon
     torch.testing.assert_close(m.fn([_t(1.0, 5.0), _t(3.0, 2.0)]), _t(3.0, 5.0))
 
 
-def _readme_plugin_example() -> str:
-    """The plugin example exactly as the README shows it."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    block = next(b for b in readme.split("```python")[1:] if "elementwise_max" in b)
+def _guide_plugin_example() -> str:
+    """The plugin example exactly as the merging guide shows it."""
+    guide = (Path(__file__).parent.parent / "docs" / "merging.md").read_text()
+    block = next(b for b in guide.split("```python")[1:] if "elementwise_max" in b)
     return block.split("```")[0]
 
 
-PLUGIN_EXAMPLE = _readme_plugin_example()
+PLUGIN_EXAMPLE = _guide_plugin_example()
 
 
 def test_regmean_is_the_least_squares_merge():

@@ -6,7 +6,7 @@ Data-dependent methods get their statistics (Fisher diagonals, per-model normali
 Methods that draw random numbers take a `seed` and get a `generator` seeded per tensor.
 
 A package adds its own methods without editing dtmerge: an entry point in the group
-`dtmerge.merge_methods` naming a module that registers them with `register` (see the README).
+`dtmerge.merge_methods` naming a module that registers them with `register` (docs/merging.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A run's starting weights come from `init_weights`: the trunk from one seed, the 
 another, so several tasks can share a random trunk on purpose and otherwise never do by accident.
 The task's parts start as GPT-2's (N(0, 0.02), biases 0) unless `embed_init="original"` asks for the
 original DT code's PyTorch defaults, whose N(0, 1) timestep embedding swamps the other inputs and
-slows learning several-fold at short budgets (README, "Base models").
+slows learning several-fold at short budgets (docs/experiments.md, "Base models").
 """
 
 from __future__ import annotations
