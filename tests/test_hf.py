@@ -148,3 +148,23 @@ def test_a_pickled_model_is_read_only_as_plain_tensors_when_asked(tmp_path, hf_d
     r = CliRunner().invoke(main, ["import", "hf", str(path), str(tmp_path / "evil"), "--task", "hopper",
                                   "--allow-bin"])
     assert r.exit_code != 0 and "not a plain state dict" in r.output and "code ran" not in r.output
+
+
+def test_two_imported_models_merge(tmp_path, hopper_file, task_files):
+    """Hub-style models of two tasks, imported, then merged and evaluated as one bundle."""
+    paths = {}
+    for task, (state_dim, act_dim) in {"hopper": (11, 3), "walker2d": (17, 6)}.items():
+        torch.manual_seed(len(paths))
+        cfg = DecisionTransformerConfig(state_dim=state_dim, act_dim=act_dim, hidden_size=32, n_layer=2, n_head=2,
+                                        max_ep_len=1000, n_positions=64)
+        DecisionTransformerModel(cfg).save_pretrained(tmp_path / f"hf-{task}")
+        paths[task] = tmp_path / task
+        r = CliRunner().invoke(main, ["import", "hf", str(tmp_path / f"hf-{task}"), str(paths[task]),
+                                      "--dataset", str(task_files[task])])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["merge", "--model", str(paths["hopper"]), "--model", str(paths["walker2d"]),
+                                  "--select", "attn", "--select", "mlp", "--output", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "merged"), "--task", "walker2d", "--episodes", "1",
+                                  "--quiet"])
+    assert r.exit_code == 0 and "| walker2d |" in r.output, r.output

@@ -198,21 +198,42 @@ def test_ram_keeps_unique_updates_whole_and_averages_shared_ones():
     torch.testing.assert_close(ram([d1, d2], base=base, threshold=1.5), _t(0.0, 3.0, 3.0, 0.0))
 
 
-def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, monkeypatch):
+def _load_plugin(tmp_path, monkeypatch):
     """The merging guide's plugin example, loaded as an installed package's entry point would be."""
+    import sys
     from importlib.metadata import EntryPoint
 
     from dtmerge.merge import methods
 
     (tmp_path / "my_merges.py").write_text(PLUGIN_EXAMPLE)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_merges", raising=False)  # imported afresh, so it registers again
     monkeypatch.setattr(methods, "_plugins_loaded", False)
     monkeypatch.setattr(methods, "entry_points", lambda group: [
         EntryPoint(name="my_merges", value="my_merges", group=group)] if group == methods.PLUGIN_GROUP else [])
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
-    assert "elementwise_max" in methods.available()
-    m = methods.available()["elementwise_max"]
+    return methods.available()
+
+
+def test_a_package_registers_its_own_method_through_an_entry_point(tmp_path, monkeypatch):
+    m = _load_plugin(tmp_path, monkeypatch)["elementwise_max"]
     torch.testing.assert_close(m.fn([_t(1.0, 5.0), _t(3.0, 2.0)]), _t(3.0, 5.0))
+
+
+def test_a_method_from_another_package_runs_in_dtmerge_merge(tmp_path, monkeypatch, task_models):
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from dtmerge.cli import main
+
+    _load_plugin(tmp_path, monkeypatch)
+    hopper, walker = task_models["hopper"], task_models["walker2d"]
+    r = CliRunner().invoke(main, ["merge", "--model", str(hopper), "--model", str(walker), "--method",
+                                  "elementwise_max", "--output", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    a, b = load_file(hopper / "model.safetensors"), load_file(walker / "model.safetensors")
+    name = "transformer.h.0.attn.c_attn.weight"
+    torch.testing.assert_close(load_file(tmp_path / "m" / "shared.safetensors")[name], torch.maximum(a[name], b[name]))
 
 
 def _guide_plugin_example() -> str:
