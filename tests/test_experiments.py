@@ -269,3 +269,21 @@ def test_the_searchs_equal_weight_merge_is_the_plain_average(smoke_run):
     for align in ("none", "weights"):
         assert rows[f"searched weights attn+mlp, all three (equal weights)|{align}"]["values"] == \
             pytest.approx(rows[f"average attn+mlp, all three|{align}"]["values"], rel=1e-3)
+
+
+def test_the_benchmark_iqm_and_its_stratified_interval():
+    import numpy as np
+
+    from dtmerge.experiments.merge_benchmark import iqm_interval, runs
+
+    # IQM of 8 values: the mean of the middle four
+    scores = np.array([[0.1, 0.5], [0.6, 0.7], [0.8, 0.9], [1.0, 5.0]])
+    ci = iqm_interval(scores)
+    assert ci["mean"] == pytest.approx((0.6 + 0.7 + 0.8 + 0.9) / 4)
+    assert ci["lo"] <= ci["mean"] <= ci["hi"] and iqm_interval(scores) == ci  # a fixed resampling seed
+    same = iqm_interval(np.full((3, 3), 0.7))
+    assert same["lo"] == pytest.approx(0.7) and same["hi"] == pytest.approx(0.7)
+    assert iqm_interval(scores[:1])["lo"] is None  # one seed: no interval
+    # methods that need a common base run only from the shared start
+    assert "task_arithmetic" in runs("shared") and "task_arithmetic" not in runs("independent")
+    assert {"average", "fisher", "regmean"} <= set(runs("independent")) and "interpolate" not in runs("shared")

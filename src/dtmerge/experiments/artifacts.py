@@ -24,9 +24,11 @@ from dtmerge.merge.engine import MergeConfig, merge
 from dtmerge.merge.fisher import compute_fisher
 from dtmerge.merge.mff import MFFConfig, merge_freeze_finetune
 from dtmerge.merge.perturb import perturb_checkpoint
+from dtmerge.merge.regmean import compute_grams
 from dtmerge.merge.search import SearchConfig, run_search
 from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
+from dtmerge.train.recipe import save_start
 
 MAKERS: dict[str, Callable] = {}
 GPU_KINDS = {"dt", "lm", "mff", "eval", "search"}  # makers that train or roll out: on a GPU where there is one
@@ -113,13 +115,33 @@ def _snapshot(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     return {"output": "checkpoint"}
 
 
-@maker("fisher")
-def _fisher(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+def _model_copy(inputs: dict, out: Path) -> Path:
+    """A fresh copy of the input model (weights and metadata) to store statistics beside."""
     ckpt = out / "checkpoint"
     if ckpt.exists():  # a copy left by a stopped run: start it again
         shutil.rmtree(ckpt)
-    shutil.copytree(inputs["model"], ckpt, ignore=shutil.ignore_patterns("train_state.*", "fisher.*"))
-    compute_fisher(ckpt, progress=progress, **spec)
+    shutil.copytree(inputs["model"], ckpt, ignore=shutil.ignore_patterns("train_state.*", "fisher.*", "regmean.*"))
+    return ckpt
+
+
+@maker("fisher")
+def _fisher(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    compute_fisher(_model_copy(inputs, out), progress=progress, **spec)
+    return {"output": "checkpoint"}
+
+
+@maker("start")
+def _start_weights(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """The weights a DT of this spec starts from: the base of its task vector."""
+    cfg = TrainConfig(**spec, dataset=[str(inputs["data"])], out=str(out / "unused"))
+    save_start(cfg, out / "checkpoint")
+    return {"output": "checkpoint"}
+
+
+@maker("grams")
+def _grams(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """A copy of a DT with its RegMean input Grams beside it."""
+    compute_grams(_model_copy(inputs, out), progress=progress, **spec)
     return {"output": "checkpoint"}
 
 
@@ -186,4 +208,6 @@ def estimate(node: Node, seconds_per_step: float) -> float:
         return spec["trials"] * (2 + spec["episodes"] * per_episode) + 2 * spec["report_episodes"] * per_episode
     if node.kind == "fisher":
         return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.08
+    if node.kind == "grams":
+        return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.002
     return 1.0

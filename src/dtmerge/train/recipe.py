@@ -21,7 +21,7 @@ from dtmerge.model.selectors import resolve
 from dtmerge.outputs import claim_outputs, run_directory
 from dtmerge.runtime import derive_seed, pick_device, seed_everything
 from dtmerge.store.bundle import is_bundle, load_bundle_task
-from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, trunk_sha256
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, trunk_sha256
 from dtmerge.train.config import TrainConfig
 from dtmerge.train.loop import TaskRun, fit
 
@@ -54,6 +54,20 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progr
     with run_directory(out, overwrite, resume, resumable_from="checkpoint") as run_dir:
         fit(cfg, runs, run_dir, extra, resume=resume, progress=progress)
     return out / "checkpoint"
+
+
+def save_start(cfg: TrainConfig, path) -> Path:
+    """The checkpoint a single-task run of `cfg` starts from (its step 0): the base its trained
+    model's task vector is measured from. Its trunk hash is the run's `init_trunk_sha256`."""
+    if len(cfg.dataset) != 1:
+        raise DtmergeError("a start checkpoint is of a single-task run: give one dataset")
+    traj, task = load_dataset(cfg.dataset[0], cfg.task)
+    seed_everything(cfg.seed)
+    run = _start(cfg, cfg.dataset[0], traj, task, start_seed(cfg, [task.name]))
+    meta = {**run.meta, "state_mean": np.asarray(run.state_mean).tolist(),
+            "state_std": np.asarray(run.state_std).tolist(), "rtg_scale": cfg.rtg_scale, "seed": cfg.seed, "train_config": cfg.model_dump(), "frozen": [], "step": 0,
+            "init_trunk_sha256": trunk_sha256(run.model.state_dict())}
+    return save_checkpoint(path, run.model, meta)
 
 
 def start_seed(cfg: TrainConfig, tasks: list[str]) -> int:
