@@ -65,7 +65,8 @@ def save_start(cfg: TrainConfig, path) -> Path:
     seed_everything(cfg.seed)
     run = _start(cfg, cfg.dataset[0], traj, task, start_seed(cfg, [task.name]))
     meta = {**run.meta, "state_mean": np.asarray(run.state_mean).tolist(),
-            "state_std": np.asarray(run.state_std).tolist(), "rtg_scale": cfg.rtg_scale, "seed": cfg.seed, "train_config": cfg.model_dump(), "frozen": [], "step": 0,
+            "state_std": np.asarray(run.state_std).tolist(), "rtg_scale": cfg.rtg_scale, "seed": cfg.seed,
+            "train_config": cfg.model_dump(), "frozen": [], "step": 0,
             "init_trunk_sha256": trunk_sha256(run.model.state_dict())}
     return save_checkpoint(path, run.model, meta)
 
