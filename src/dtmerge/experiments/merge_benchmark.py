@@ -114,8 +114,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                                                for start in STARTS for t in TASKS})
     table = [f"# {TITLE}", "", "Each task's return over its own expert's, IQM [95% stratified bootstrap interval] "
              f"over {len(TASKS)} tasks x {scale.seeds} seed(s), {scale.episodes} episodes each (scale {scale.name}; "
-             f"experts trained {scale.steps} steps on {LEVEL} data). {', '.join(SELECT)} merged into one bundle, every method "
-             "at its default hyper-parameters (not searched). 1.0 = the experts themselves.", "",
+             f"experts trained {scale.steps} steps on {LEVEL} data). {', '.join(SELECT)} merged into one bundle, "
+             "every method at its default hyper-parameters (not searched). 1.0 = the experts themselves.", "",
              "| start | rank | method | IQM of return / expert | " + " | ".join(TASKS) + " | transformer params |",
              "| --- | --- | --- | --- | " + "--- | " * len(TASKS) + "--- |"]
     rank = {}
