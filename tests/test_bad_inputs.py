@@ -822,6 +822,8 @@ YAML_DAMAGE = {
     "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(6)),
         "YAML expands to more than 100,000 values"),
+    "alias_deep": ("a: &a [x]\n" + "".join(f"l{i + 1}: &l{i + 1} [*{'a' if i == 0 else f'l{i}'}]\n" for i in range(70)),
+                   "YAML nested more than 64"),
     "python_tag": ("models: !!python/object/apply:os.system [echo hacked]\n", "could not determine a constructor"),
     "not_utf8": (b"models: [\xff]\n", "not UTF-8 text"),
     "a_list": ("- models\n- output\n", "must be a mapping of option: value"),

@@ -218,3 +218,22 @@ def test_align_overwrite_with_a_bad_source_fisher_keeps_the_old_output(tmp_path,
     r = CliRunner().invoke(main, args + ["--overwrite"])
     assert r.exit_code != 0 and "fisher" in r.output
     assert _files(out) == before and not _leftovers(tmp_path)
+
+
+def test_a_fisher_of_weights_replaced_meanwhile_is_refused(tmp_path, task_models, monkeypatch):
+    """A training run that saves while `fisher` computes: the Fisher of the old weights is not put
+    beside the new ones."""
+    from dtmerge.merge import fisher as fisher_module
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(task_models["hopper"], ckpt)
+    real = fisher_module.fisher_terms
+
+    def and_meanwhile(*args, **kwargs):
+        t = load_file(ckpt / "model.safetensors")
+        save_file({k: v + 1e-3 for k, v in t.items()}, ckpt / "model.safetensors")  # as a concurrent save would
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fisher_module, "fisher_terms", and_meanwhile)
+    with pytest.raises(ValueError, match="changed while this command ran"):
+        fisher_module.compute_fisher(ckpt, batches=1, batch_size=4, progress=False)
+    assert not (ckpt / "fisher.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -96,7 +96,11 @@ def test_task_arithmetic_needs_a_shared_base(tmp_path, task_models, task_files):
 
 
 def test_fisher_merge_and_fisher_file_checks(tmp_path, task_models, task_files):
-    h, w = task_models["hopper"], task_models["walker2d"]
+    import shutil
+
+    h, w = tmp_path / "hopper", tmp_path / "walker2d"  # copies: the session's models stay as made
+    shutil.copytree(task_models["hopper"], h)
+    shutil.copytree(task_models["walker2d"], w)
     for p in (h, w):
         compute_fisher(p, estimator="empirical", batches=1, batch_size=8, progress=False)
     meta = json.loads((h / "fisher.json").read_text())

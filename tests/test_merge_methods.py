@@ -147,6 +147,8 @@ def test_breadcrumbs_drops_outliers_and_the_smallest():
 def test_della_keep_probabilities_rise_with_magnitude_and_density_one_is_ties():
     p = della_keep_probabilities(_t(1.0, -3.0, 2.0), density=0.5, epsilon=0.2)
     torch.testing.assert_close(p, _t(0.3, 0.7, 0.5))  # ranks 0, 2, 1 of 2
+    rows = della_keep_probabilities(torch.tensor([[1.0, -3.0, 2.0], [9.0, 8.0, 7.0]]), density=0.5, epsilon=0.2)
+    torch.testing.assert_close(rows, torch.tensor([[0.3, 0.7, 0.5], [0.7, 0.5, 0.3]]))  # ranked within each row
     base = torch.zeros(4)
     t1, t2, t3 = _t(1.0, -2.0, 0.5, 3.0), _t(2.0, 1.0, -0.1, -1.0), _t(-4.0, 1.5, 0.3, -1.0)
     torch.testing.assert_close(della([t1, t2, t3], base=base, density=1.0, epsilon=0.0),
@@ -176,13 +178,14 @@ def test_tsv_keeps_decorrelated_task_subspaces_exactly():
     d2 = torch.zeros(4, 4)
     d2[2:, 2:] = torch.tensor([[-1.0, 2.0], [1.5, 0.5]])
     torch.testing.assert_close(tsv([base + d1, base + d2], base=base), d1 + d2, rtol=0, atol=1e-6)
-    torch.testing.assert_close(tsv([_t(1.0, 2.0), _t(3.0, 4.0)], base=_t(1.0, 1.0)), _t(3.0, 5.0))  # 1-D: the sum
+    torch.testing.assert_close(tsv([_t(1.0, 2.0), _t(3.0, 4.0)], base=_t(1.0, 1.0)), _t(2.0, 3.0))  # 1-D: the mean
 
 
 def test_iso_c_flattens_the_spectrum_of_the_summed_task_vector():
     base = torch.zeros(2, 2)
     total = torch.diag(_t(3.0, 1.0))
     torch.testing.assert_close(iso_c([total / 2, total / 2], base=base), 2 * torch.eye(2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(iso_c([_t(1.0, 2.0), _t(3.0, 4.0)], base=_t(0.0, 0.0)), _t(2.0, 3.0))  # 1-D: the mean
     q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))  # a rotation keeps the spectrum
     m = (q @ torch.diag(torch.tensor([4.0, 2.0, 0.0], dtype=torch.float64)) @ q.T).float()
     out = iso_c([m], base=torch.zeros(3, 3))

@@ -54,14 +54,20 @@ def atomic_dir(path):
 
 
 @contextlib.contextmanager
-def atomic_update(path):
+def atomic_update(path, unchanged: dict[str, str] | None = None):
     """Yield a copy of directory `path` to change, swapped in for it in one step only if the block
     succeeds: several files change as one unit. The copy is made of hard links (no data copied), so
-    files in it must be replaced by name (`atomic_path` and `write_json` do), never written into."""
+    files in it must be replaced by name (`atomic_path` and `write_json` do), never written into.
+    `unchanged` (file name -> SHA-256) names files that must still be what the caller read: if
+    another process replaced one meanwhile, nothing is swapped and ValueError says which."""
     path = Path(path).resolve()
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         shutil.copytree(path, tmp, symlinks=True, copy_function=os.link, dirs_exist_ok=True)
+        for name, digest in (unchanged or {}).items():
+            if file_sha256(tmp / name) != digest:
+                raise ValueError(f"{path / name} changed while this command ran (another process wrote it); "
+                                 f"run the command again")
         yield tmp
         swap(tmp, path)  # tmp now holds the old version
     finally:

@@ -59,7 +59,7 @@ def writer_lock(path):
     """Hold `path`'s writer lock (the file `.<name>.lock` beside it, removed on exit) for a block;
     while another process holds it, raise OutputError. Safe against a lock file removed meanwhile:
     the lock is kept only if the file locked is still the one at that name."""
-    path = Path(path)
+    path = Path(path).resolve()  # one lock whatever name (a symlink, a relative path) the output is given by
     lock = path.parent / f".{path.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -81,8 +81,11 @@ def writer_lock(path):
     try:
         yield
     finally:
-        os.unlink(lock)
-        os.close(fd)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

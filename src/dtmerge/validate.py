@@ -85,7 +85,7 @@ def parse_json(text: str, where, error: type[Exception] = DtmergeError):
     """A JSON document from `text` (read from `where`), nested at most MAX_DEPTH deep."""
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or an integer literal too long to convert
         raise error(f"{where}: not valid JSON ({e})") from None
     except RecursionError:
         value = None
@@ -132,8 +132,9 @@ def one_line_yaml(error: Exception) -> str:
     return f"{problem}, line {mark.line + 1}" if mark is not None else problem
 
 
-def _yaml_size(node, depth: int, sizes: dict, where, error) -> int:
-    """Values under `node` with every alias expanded (each node counted once per use)."""
+def _yaml_size(node, depth: int, sizes: dict, where, error) -> tuple[int, int]:
+    """(values, height) under `node` with every alias expanded (each node counted once per use);
+    refused past MAX_YAML_NODES values or MAX_DEPTH levels, aliases followed."""
     if depth > MAX_DEPTH:
         raise error(f"{where}: YAML nested more than {MAX_DEPTH} deep")
     if id(node) not in sizes:
@@ -142,9 +143,12 @@ def _yaml_size(node, depth: int, sizes: dict, where, error) -> int:
             children = node.value
         elif isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
-        sizes[id(node)] = 1 + sum(_yaml_size(child, depth + 1, sizes, where, error) for child in children)
-        if sizes[id(node)] > MAX_YAML_NODES:
+        below = [_yaml_size(child, depth + 1, sizes, where, error) for child in children]
+        sizes[id(node)] = (1 + sum(n for n, _ in below), 1 + max((h for _, h in below), default=0))
+        if sizes[id(node)][0] > MAX_YAML_NODES:
             raise error(f"{where}: YAML expands to more than {MAX_YAML_NODES:,} values (aliases expanded)")
+    if depth + sizes[id(node)][1] > MAX_DEPTH + 1:
+        raise error(f"{where}: YAML nested more than {MAX_DEPTH} deep")
     return sizes[id(node)]
 
 

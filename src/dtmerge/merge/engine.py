@@ -8,6 +8,7 @@ embeddings and heads are never merged; every merged tensor is checked finite.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import typing
 import zlib
@@ -212,7 +213,7 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
                 kwargs["grams"] = [g.get(name) for g in inp.grams]
             if method.needs_fisher:
                 kwargs.update(fishers=[f.get_tensor(name) for f in fishers], normalizers=normalizers)
-            if "seed" in method.params:  # a stream per tensor, so a merge repeats whatever it selects
+            if "generator" in inspect.signature(method.fn).parameters:  # a stream per tensor: a merge repeats
                 kwargs["generator"] = torch.Generator().manual_seed(kwargs.get("seed", 0) + zlib.crc32(name.encode()))
             try:
                 out = method.fn(tensors, **kwargs)

@@ -96,6 +96,7 @@ def compute_fisher(checkpoint, dataset: str | None = None, estimator: str = "exa
 
 def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, seed, progress, overwrite,
                     device) -> Path:
+    weights = file_sha256(checkpoint / "model.safetensors")  # what the Fisher is computed from
     model, meta = load_checkpoint(checkpoint, device)
     model.eval()
     dataset = dataset or meta.get("dataset")
@@ -119,7 +120,7 @@ def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, s
         tokens += int(batch["mask"].sum())
     denom = tokens if estimator == "batch" else windows
     fisher = {n: (v / denom).float().cpu() for n, v in total.items()}
-    with atomic_update(checkpoint) as copy:
+    with atomic_update(checkpoint, unchanged={"model.safetensors": weights}) as copy:
         write_fisher(copy, fisher, {
             "estimator": estimator, "dataset": str(dataset), "task": task.name, "batches": batches,
             "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,

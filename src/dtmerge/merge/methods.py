@@ -247,12 +247,12 @@ def breadcrumbs(tensors, base, density: float = 0.9, gamma: float = 0.01, scale:
 
 
 def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
-    """DELLA's MagPrune: keep probabilities rising linearly with magnitude rank, from density - epsilon
-    (smallest) to density + epsilon (largest)."""
-    flat = delta.flatten()
-    ranks = torch.empty_like(flat)
-    ranks[flat.abs().argsort()] = torch.arange(len(flat), dtype=flat.dtype)
-    spread = ranks / max(len(flat) - 1, 1) * 2 - 1  # -1 for the smallest, +1 for the largest
+    """DELLA's MagPrune: keep probabilities rising linearly with magnitude rank within each row (a
+    1-D tensor is one row), from density - epsilon (smallest) to density + epsilon (largest), as
+    mergekit's `della_magprune` ranks."""
+    rows = delta.reshape(-1, delta.shape[-1]) if delta.dim() > 0 else delta.reshape(1, 1)
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(rows.dtype)
+    spread = ranks / max(rows.shape[1] - 1, 1) * 2 - 1  # -1 for the smallest, +1 for the largest
     return (density + epsilon * spread).view_as(delta)
 
 
@@ -308,13 +308,13 @@ def _orthogonal(m: torch.Tensor) -> torch.Tensor:
 def tsv(tensors, base, scale: float = 1.0):
     """TSV-Merge: per 2-D weight, each task vector's top rank / N singular vectors, decorrelated
     across tasks (their stacked bases replaced by the nearest orthogonal ones) and recombined with
-    their singular values; other tensors by task arithmetic (sum). Times `scale`.
+    their singular values, times `scale`; other tensors averaged.
 
     Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025).
     """
     deltas = _deltas(tensors, base)
-    if base.dim() != 2:
-        return (base.double() + scale * torch.stack(deltas).sum(0)).to(base.dtype)
+    if base.dim() != 2:  # biases and LayerNorms: averaged, as the authors' code does
+        return (base.double() + torch.stack(deltas).mean(0)).to(base.dtype)
     k = max(1, min(base.shape) // len(tensors))
     us, ss, vs = [], [], []
     for d in deltas:
@@ -327,17 +327,17 @@ def tsv(tensors, base, scale: float = 1.0):
 @register("iso_c", needs_base=True, params=("scale",))
 def iso_c(tensors, base, scale: float = 1.0):
     """Iso-C: per 2-D weight, the summed task vector with its singular values all set to their
-    mean (an isotropic spectrum, so no task's directions dominate); other tensors by task
-    arithmetic (sum). Times `scale`.
+    mean (an isotropic spectrum, so no task's directions dominate), times `scale`; other tensors
+    averaged.
 
     No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (Marczak et al.,
     2025).
     """
-    total = torch.stack(_deltas(tensors, base)).sum(0)
-    if base.dim() == 2:
-        u, s, vh = torch.linalg.svd(total, full_matrices=False)
-        total = s.mean() * u @ vh
-    return (base.double() + scale * total).to(base.dtype)
+    deltas = torch.stack(_deltas(tensors, base))
+    if base.dim() != 2:  # biases and LayerNorms: averaged, as the authors' code does
+        return (base.double() + deltas.mean(0)).to(base.dtype)
+    u, s, vh = torch.linalg.svd(deltas.sum(0), full_matrices=False)
+    return (base.double() + scale * s.mean() * u @ vh).to(base.dtype)
 
 
 @register("ram", needs_base=True, params=("threshold", "unique_scale"))

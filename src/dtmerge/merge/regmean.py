@@ -36,6 +36,7 @@ def compute_grams(checkpoint, dataset: str | None = None, batches: int = 4, batc
     """Record the trunk's linear-layer input Grams on `dataset` (default: the checkpoint's own)."""
     checkpoint = Path(checkpoint)
     with writer_lock(checkpoint.resolve()):
+        weights = file_sha256(checkpoint / "model.safetensors")  # what the Grams are computed from
         model, meta = load_checkpoint(checkpoint, pick_device(device))
         dataset = dataset or meta.get("dataset")
         claim_outputs([checkpoint / "regmean.safetensors", checkpoint / "regmean.json"],
@@ -45,7 +46,7 @@ def compute_grams(checkpoint, dataset: str | None = None, batches: int = 4, batc
                                 meta["rtg_scale"], model.config.max_ep_len, seed=seed)
         grams, tokens = layer_grams(model.eval(), (sampler.sample(batch_size, device) for _ in tqdm(
             range(batches), desc="regmean grams", disable=not progress)))
-        with atomic_update(checkpoint) as copy:
+        with atomic_update(checkpoint, unchanged={"model.safetensors": weights}) as copy:
             with atomic_path(copy / "regmean.safetensors") as tmp:
                 save_file({n: (g / tokens).contiguous() for n, g in grams.items()}, tmp)
             write_json(copy / "regmean.json", {

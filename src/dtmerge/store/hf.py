@@ -106,14 +106,21 @@ def dt_config(config: dict, where, context_len: int) -> DTConfig:
 def from_hf(config: dict, tensors: dict[str, torch.Tensor], where, context_len: int = 20) -> DecisionTransformer:
     """A dtmerge DT computing the actions the HF model computes (position 0 folded into embed_ln)."""
     model = DecisionTransformer(dt_config(config, where, context_len))
-    state = {}
-    for name in model.state_dict():
-        if _hf_name(name) not in tensors:
-            raise HFError(f"{where}: no tensor {_hf_name(name)} in the model file")
-        state[name] = tensors[_hf_name(name)].float()
-    if "encoder.wpe.weight" in tensors:
-        state["embed_ln.bias"] = state["embed_ln.bias"] + tensors["encoder.wpe.weight"][0].float()
-    check_tensors(Path(where) / "model.safetensors", model.state_dict(), state)
+    file = Path(where) / "model.safetensors"
+    expected = {_hf_name(n): t for n, t in model.state_dict().items()}
+    wpe = tensors.get("encoder.wpe.weight")
+    if wpe is not None:
+        expected["encoder.wpe.weight"] = torch.empty(wpe.shape[0] if isinstance(wpe, torch.Tensor) else 1,
+                                                     model.config.n_embd)
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise HFError(f"{file}: holds something other than tensors")
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        raise HFError(f"{where}: no tensor {missing[0]} in the model file")
+    check_tensors(file, expected, {n: tensors[n] for n in expected})  # shapes, dtypes, finiteness, before any use
+    state = {name: tensors[_hf_name(name)].float() for name in model.state_dict()}
+    if wpe is not None:
+        state["embed_ln.bias"] = state["embed_ln.bias"] + wpe[0].float()
     model.load_state_dict(state)
     return model
 

@@ -91,7 +91,8 @@ class TrainConfig(RunConfig):
 
 # Fields that may change when a run is resumed: how long, on what, how often it reports, and where the
 # run and its data live (a run or a store may be moved; the data's content is compared instead).
-RESUMABLE_CHANGES = {"steps", "device", "log_every", "log", "save_every", "keep_steps", "out", "dataset"}
+RESUMABLE_CHANGES = {"steps", "device", "precision", "log_every", "log", "save_every", "keep_steps", "out",
+                     "dataset"}  # device and precision: what they resolve to is checked instead
 
 
 def check_finetune_fields(fields: dict, set_by_pipeline: set[str]) -> dict:

@@ -154,8 +154,8 @@ def _restore(ckpt: Path, cfg: TrainConfig, runs: list[TaskRun], optim, samplers,
     added to the config after the run was saved counts as its default)."""
     multi = len(runs) > 1
     saved = read_bundle_meta(ckpt)["multitask"] if multi and is_bundle(ckpt) else read_meta(ckpt)
-    was = {k: saved["train_config"].get(k, field.get_default(call_default_factory=True))
-           for k, field in TrainConfig.model_fields.items()}
+    defaults = TrainConfig(dataset=["(default)"]).model_dump()
+    was = {k: saved["train_config"].get(k, defaults[k]) for k in defaults}
     diff = {k: (was[k], v) for k, v in cfg.model_dump().items() if k not in RESUMABLE_CHANGES and was[k] != v}
     if diff:
         raise CheckpointError(f"{ckpt}: cannot resume, the config differs from the saved run: {diff}")
