@@ -1,7 +1,7 @@
 """The policy-merging benchmark: every merge method on the same three expert DTs (HalfCheetah,
-Hopper, Walker2d), training-free, from two kinds of start: independent random ones (each task its
-own, as the paper's DTs) and one random trunk shared by the three (task vectors then have a
-common base: the start itself). Attention and MLP of every block are merged into one bundle;
+Hopper, Walker2d), training-free, beside a multi-task DT trained on the same data, from two kinds
+of start: independent random ones (each task its own, as the paper's DTs) and one random trunk
+shared by the three (task vectors then have a common base: the start itself). Attention and MLP of every block are merged into one bundle;
 each task keeps its own embeddings and head. Score = each task's return over its own expert's,
 per seed; aggregated over tasks and seeds as the interquartile mean (IQM) with a 95% stratified
 bootstrap interval (seeds resampled within each task). Methods that need a common base are not
@@ -69,6 +69,9 @@ def _merge(scale: Scale, method: str, experts: dict[str, Node], start: str, seed
 def nodes(scale: Scale) -> dict:
     out = {}
     for seed in range(scale.seeds):
+        multi = Node("dt", scale.train_spec(seed), {f"data_{t}": common.dataset(scale, t, LEVEL) for t in TASKS})
+        for t in TASKS:  # the reference a merge competes with: one DT trained on all three tasks' data
+            out[f"multi|{t}|{seed}"] = common.evaluation(scale, multi, t, bundle_task=True)
         for start in STARTS:
             experts = _experts(scale, start, seed)
             for t in TASKS:
@@ -110,12 +113,17 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                           "per_task": dict(zip(TASKS, scores.mean(0).tolist())),
                           "transformer_params_pct": acct.get("relative_to_single_model_percent")})
     board.sort(key=lambda r: (r["start"], -r["iqm"]["mean"]))
+    multi = {start: iqm_interval(np.array([[returns[f"multi|{t}|{s}"] / returns[f"expert|{start}|{t}|{s}"]
+                                            for t in TASKS] for s in range(scale.seeds)])) for start in STARTS}
     base = common.base_models(scale, results, {f"{t} {LEVEL} ({start})": (t, LEVEL, f"expert|{start}|{t}")
                                                for start in STARTS for t in TASKS})
     table = [f"# {TITLE}", "", "Each task's return over its own expert's, IQM [95% stratified bootstrap interval] "
              f"over {len(TASKS)} tasks x {scale.seeds} seed(s), {scale.episodes} episodes each (scale {scale.name}; "
              f"experts trained {scale.steps} steps on {LEVEL} data). {', '.join(SELECT)} merged into one bundle, "
-             "every method at its default hyper-parameters (not searched). 1.0 = the experts themselves.", "",
+             "every method at its default hyper-parameters (not searched). 1.0 = the experts themselves; the "
+             "multi-task DT (one DT trained on the three tasks' data, the same steps) is the reference a merge "
+             f"competes with: {', '.join(f'{common.show(multi[s], 3)} of the {STARTS[s]} experts' for s in STARTS)}.",
+             "",
              "| start | rank | method | IQM of return / expert | " + " | ".join(TASKS) + " | transformer params |",
              "| --- | --- | --- | --- | " + "--- | " * len(TASKS) + "--- |"]
     rank = {}
@@ -134,13 +142,14 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
             means = [r["iqm"]["mean"] for r in rows]
             ax.barh(y, means, xerr=common.error_bars([r["iqm"] for r in rows]), capsize=2, color="tab:blue")
             ax.axvline(1.0, color="k", ls="--", lw=1, label="experts")
+            ax.axvline(multi[start]["mean"], color="tab:red", ls=":", lw=1, label="multi-task DT")
             ax.set_yticks(list(y), [r["method"] for r in rows], fontsize=7)
             ax.set_xlabel("IQM of return / expert's", fontsize=8)
             ax.set_title(f"{STARTS[start]} ({scale.name})", fontsize=9)
             ax.legend(fontsize=6)
 
-    return common.publish(out, NAME, scale, {"leaderboard": board, "base_models": base}, table, draw,
-                          panels=(1, len(STARTS)))
+    summary = {"leaderboard": board, "multi_task": multi, "base_models": base}
+    return common.publish(out, NAME, scale, summary, table, draw, panels=(1, len(STARTS)))
 
 
 def findings(summary: dict) -> list[dict]:
