@@ -2,11 +2,13 @@
 Hopper, Walker2d), training-free, beside a multi-task DT trained on the same data, from two kinds
 of start: independent random ones (each task its own, as the paper's DTs) and one random trunk
 shared by the three (task vectors then have a common base: the start itself). Attention and MLP
-of every block are merged into one bundle; each task keeps its own embeddings and head. Score =
-each task's return over its own expert's, per seed; aggregated over tasks and seeds as the interquartile mean (IQM) with a 95% stratified
-bootstrap interval (seeds resampled within each task). Methods that need a common base are not
-run on independent starts (they refuse models without one). Hyper-parameters are each method's
-defaults (not searched), and the MFF regime and a ChibiT start are not in this version.
+of every block are merged into one bundle; each task keeps its own embeddings and head.
+
+Score = each task's return over its own expert's, per seed, aggregated over tasks and seeds as
+the interquartile mean (IQM) with a 95% stratified bootstrap interval (seeds resampled within each
+task). Methods that need a common base are not run on independent starts (they refuse models
+without one). Hyper-parameters are each method's defaults (not searched), and the MFF regime and
+a ChibiT start are not in this version.
 """
 
 from __future__ import annotations
