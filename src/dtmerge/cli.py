@@ -231,18 +231,25 @@ def search_cmd(config_file, resume, quiet):
     click.echo((Path(summary["config"]["output"]) / "results.md").read_text())
 
 
+def window_statistic_options(fn):
+    """The options of a statistic recorded beside a checkpoint from windows of its data."""
+    for option in reversed([
+            click.argument("checkpoint", type=click.Path(exists=True, file_okay=False)),
+            click.option("--dataset", help="data to record it on [default: the checkpoint's training data]"),
+            click.option("--batches", default=4, type=COUNT, help="batches of windows"),
+            click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch"),
+            click.option("--seed", default=0, type=SEED, help="seed for the window sampler"),
+            click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ... (fp32 either way)"),
+            overwrite_option, click.option("--quiet", is_flag=True, help="no progress bar")]):
+        fn = option(fn)
+    return fn
+
+
 @main.command("fisher")
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--dataset", help="data to compute it on [default: the checkpoint's training data]")
+@window_statistic_options
 @click.option("--estimator", type=click.Choice(["exact", "empirical", "batch"]), default="exact",
               help="exact: Gaussian action-mean Fisher; empirical: squared per-window gradients; "
                    "batch: the original code's squared batch gradients")
-@click.option("--batches", default=4, type=COUNT, help="batches of windows")
-@click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch")
-@click.option("--seed", default=0, type=SEED, help="seed for the window sampler")
-@click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ... (fp32 either way)")
-@overwrite_option
-@click.option("--quiet", is_flag=True, help="no progress bar")
 def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, device, overwrite, quiet):
     """Compute a checkpoint's diagonal Fisher once and store it beside its weights."""
     from dtmerge.merge.fisher import compute_fisher
@@ -252,14 +259,7 @@ def fisher_cmd(checkpoint, dataset, estimator, batches, batch_size, seed, device
 
 
 @main.command("regmean")
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
-@click.option("--dataset", help="data to record it on [default: the checkpoint's training data]")
-@click.option("--batches", default=4, type=COUNT, help="batches of windows")
-@click.option("--batch-size", default=64, type=click.IntRange(1, MAX_BATCH), help="windows per batch")
-@click.option("--seed", default=0, type=SEED, help="seed for the window sampler")
-@click.option("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-@overwrite_option
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@window_statistic_options
 def regmean_cmd(checkpoint, dataset, batches, batch_size, seed, device, overwrite, quiet):
     """Record the Gram matrices of the trunk's linear-layer inputs on the checkpoint's data, beside
     it (regmean.safetensors + regmean.json), for `method: regmean` merges."""
