@@ -18,11 +18,12 @@ batch of 64 windows (1/750); Table V's multi-task DT 128 wide with 1 head and re
 shape would cost 16x a step); 10 evaluation episodes (1/5); 200k-transition datasets (1/5);
 seeds: 5 for the experiments on the expert DTs (Fig. 2a, 2b, 3, Table II), 3 for the rest. Why
 5,000 steps: `dt-curves` measures every base DT's score against its data's at 1,000, 2,500 and
-5,000 steps (the scale's `curve_steps`, kept from the very runs the experiments merge). On seed 0,
-8 of the 9 base DTs score 1.05-2.49x their data's mean by 5,000 steps (docs/experiments/mini/
-dt-curves); HalfCheetah medium-expert stays at its medium half's level (0.75x), whatever the RTG
-target. With the original code's embedding init the expert DTs reached 0.06-0.85x by 2,500 steps.
-lr 3e-4 was no faster where it mattered (HalfCheetah expert 44.9 at 2,500 steps against 52.2).
+5,000 steps (the scale's `curve_steps`, kept from the very runs the experiments merge). Over 3
+seeds, 8 of the 9 base DTs are shown to reach 90% of their data's mean by 5,000 steps (means
+1.08-2.48x; docs/experiments/mini/dt-curves); HalfCheetah medium-expert stays at its medium half's
+level (0.79 [0.73, 0.88]), whatever the RTG target. With the original code's embedding init the
+expert DTs reached 0.06-0.85x by 2,500 steps (one seed).
+lr 3e-4 was no faster where it mattered (HalfCheetah expert 51.0 at 2,500 steps against 54.0).
 A DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.105 s on one thread with native bf16
 (9.5 steps/s per worker with 2 workers, measured in the store), ~0.3 s without (AVX2 only, fp32).
 
@@ -32,7 +33,7 @@ dearer) and 18 three-task MFFs: over 30 hours of one-worker compute without nati
 mini every model of the two tables trains 1,000 steps (warmup 100) with 500 MFF steps per task,
 from a language model pre-trained 1,000 steps, and Table III runs the medium level only (Table IV
 keeps the paper's medium-expert). 1,000 steps because that is where `dt-curves` found the medium
-DTs at or above their data's score (1.04-1.29x on seed 0; 500 steps, the earlier sizing, was not
+DTs above their data's score (1.06-1.29x, means over 3 seeds; 500 steps, the earlier sizing, was not
 measured to be enough). Every model within a table gets the same budget, so the
 comparisons (LM init against Random, Fisher against direct) stay like for like, and the Single
 baseline trains on for the MFF steps, as many as the merged models had.
