@@ -32,13 +32,20 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_dir
-from dtmerge.data import WindowSampler, dataset_files, load_dataset
+from dtmerge.data import dataset_files, load_dataset
 from dtmerge.errors import DtmergeError
 from dtmerge.merge.fisher import read_fisher_meta, write_fisher
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.outputs import claim_outputs
 from dtmerge.store.bundle import is_bundle
-from dtmerge.store.checkpoint import carried_meta, load_checkpoint, read_meta, read_tensors, save_checkpoint
+from dtmerge.store.checkpoint import (
+    carried_meta,
+    load_checkpoint,
+    read_meta,
+    read_tensors,
+    save_checkpoint,
+    window_sampler,
+)
 
 ALIGN_METHODS = ("weights", "activations")
 
@@ -295,8 +302,7 @@ ALIGNED_SHAPE = ("n_embd", "n_layer", "n_head", "n_inner")
 def own_windows(model: DecisionTransformer, meta: dict, windows: int, seed: int, batch_size: int = 256):
     """`windows` windows of the model's own training data (normalised as it was trained), in batches."""
     traj, _ = load_dataset(meta["dataset"], meta["task"])
-    sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"], meta["rtg_scale"],
-                            model.config.max_ep_len, seed=seed)
+    sampler = window_sampler(traj, model, meta, seed)
     for start in range(0, windows, batch_size):
         yield sampler.sample(min(batch_size, windows - start))
 

@@ -29,10 +29,10 @@ from torch.func import functional_call, grad, vjp, vmap
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_path, atomic_update, file_sha256, write_json
-from dtmerge.data import WindowSampler, dataset_files, load_dataset
+from dtmerge.data import dataset_files, load_dataset
 from dtmerge.outputs import claim_outputs, writer_lock
 from dtmerge.runtime import pick_device
-from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, window_sampler
 from dtmerge.store.schema import ESTIMATORS, FISHER_FORMAT, FisherMeta
 from dtmerge.validate import read_validated
 
@@ -107,8 +107,7 @@ def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, s
     claim_outputs([checkpoint / "fisher.safetensors", checkpoint / "fisher.json"],
                   [checkpoint / "model.safetensors", checkpoint / "meta.json", *dataset_files(dataset)], overwrite)
     traj, task = load_dataset(dataset, meta["task"])
-    sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"],
-                            meta["rtg_scale"], model.config.max_ep_len, seed=seed)
+    sampler = window_sampler(traj, model, meta, seed)
     names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
     windows = tokens = 0

@@ -22,11 +22,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import atomic_path, atomic_update, file_sha256, write_json
-from dtmerge.data import WindowSampler, dataset_files, load_dataset
+from dtmerge.data import dataset_files, load_dataset
 from dtmerge.model.gpt import Conv1D
 from dtmerge.outputs import claim_outputs, writer_lock
 from dtmerge.runtime import pick_device
-from dtmerge.store.checkpoint import CheckpointError, load_checkpoint
+from dtmerge.store.checkpoint import CheckpointError, load_checkpoint, window_sampler
 from dtmerge.store.schema import GRAM_FORMAT, GramMeta
 from dtmerge.validate import read_validated
 
@@ -42,8 +42,7 @@ def compute_grams(checkpoint, dataset: str | None = None, batches: int = 4, batc
         claim_outputs([checkpoint / "regmean.safetensors", checkpoint / "regmean.json"],
                       [checkpoint / "model.safetensors", checkpoint / "meta.json", *dataset_files(dataset)], overwrite)
         traj, _ = load_dataset(dataset, meta["task"])
-        sampler = WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"],
-                                meta["rtg_scale"], model.config.max_ep_len, seed=seed)
+        sampler = window_sampler(traj, model, meta, seed)
         grams, tokens = layer_grams(model.eval(), (sampler.sample(batch_size, device) for _ in tqdm(
             range(batches), desc="regmean grams", disable=not progress)))
         with atomic_update(checkpoint, unchanged={"model.safetensors": weights}) as copy:
@@ -51,7 +50,7 @@ def compute_grams(checkpoint, dataset: str | None = None, batches: int = 4, batc
                 save_file({n: (g / tokens).contiguous() for n, g in grams.items()}, tmp)
             write_json(copy / "regmean.json", {
                 "format": GRAM_FORMAT, "dataset": str(dataset), "batches": batches, "batch_size": batch_size,
-                "seed": seed, "tokens": tokens, "model_sha256": file_sha256(copy / "model.safetensors"),
+                "seed": seed, "tokens": tokens, "model_sha256": weights,
                 "gram_sha256": file_sha256(copy / "regmean.safetensors"), "tensors": sorted(grams)})
     return checkpoint / "regmean.safetensors"
 

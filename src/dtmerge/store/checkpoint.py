@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from dtmerge import __version__
 from dtmerge.atomic import atomic_dir, read_json, write_json
+from dtmerge.data import WindowSampler
 from dtmerge.envs import get_task
 from dtmerge.errors import DtmergeError
 from dtmerge.model import DecisionTransformer, DTConfig
@@ -106,6 +107,12 @@ def load_checkpoint(path, device="cpu") -> tuple[DecisionTransformer, dict]:
 
 
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def window_sampler(traj, model: DecisionTransformer, meta: dict, seed: int) -> WindowSampler:
+    """Windows of `traj` shaped and normalised as the checkpoint's model was trained on them."""
+    return WindowSampler(traj, model.config.context_len, meta["state_mean"], meta["state_std"], meta["rtg_scale"],
+                         model.config.max_ep_len, seed=seed)
 
 
 def check_weights(file, config: DTConfig) -> None:
