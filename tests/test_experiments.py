@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dtmerge.cli import main
-from dtmerge.experiments import EXPERIMENTS, common
+from dtmerge.experiments import EXPERIMENTS, common, runner
 from dtmerge.experiments import store as store_module
 from dtmerge.experiments.runner import all_nodes
 from dtmerge.experiments.scales import SCALES
@@ -57,7 +57,8 @@ def test_the_plan_counts_shared_artifacts_once(smoke_run):
     nodes = all_nodes([n for m in EXPERIMENTS.values() for n in m.nodes(scale).values()])
     assert f"{len(nodes)} artifacts: 0 cached, {len(nodes)} to make" in "\n".join(lines)
     recipe = scale.train_spec(0).keys()
-    single = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and n.spec.keys() == recipe]
+    single = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and n.spec.keys() == recipe
+              and n.spec["steps"] == scale.steps]  # dt-curves' long schedule trains one of them longer
     assert len(single) == 3 * 3 * scale.seeds  # one random-init DT per task, data level and seed, shared by all
     assert sum(n.deps["data"].spec["level"] == "expert" for n in single) == 3 * scale.seeds
     arms = [n for n in nodes if n.kind == "dt" and set(n.deps) == {"data"} and n.spec.keys() != recipe]
@@ -287,3 +288,42 @@ def test_the_benchmark_iqm_and_its_stratified_interval():
     # methods that need a common base run only from the shared start
     assert "task_arithmetic" in runs("shared") and "task_arithmetic" not in runs("independent")
     assert {"average", "fisher", "regmean"} <= set(runs("independent")) and "interpolate" not in runs("shared")
+
+
+def test_the_longest_chain_of_work_starts_first():
+    """Of the artifacts ready to start, a DT with evaluations waiting on it goes before a lone
+    evaluation listed ahead of it, so a long training is not left for the end."""
+    data = Node("dataset", {"task": "hopper", "level": "expert", "transitions": 100, "seed": 0})
+    dt = Node("dt", {"steps": 100}, {"data": data})
+    lone = [Node("eval", {"episodes": 1, "seed": i}, {"model": data}) for i in range(3)]
+    after = Node("eval", {"episodes": 1}, {"model": dt})
+    todo = [*lone, dt, after]  # inputs first, as `plan` lists them; the dataset is made
+    rank = runner.critical_path(todo, seconds_per_step=0.1)
+    assert rank[dt.key] == pytest.approx(10 + rank[after.key]) and rank[dt.key] > max(rank[n.key] for n in lone)
+
+    made, started = {data.key}, []
+
+    class Pool:
+        def submit(self, root, node, threads):
+            started.append(node.key)
+            made.add(node.key)
+            return node.key
+
+        def wait(self, handles):
+            return handles[:1]
+
+    class Made:
+        root = "store"
+
+        def done(self, node):
+            return node.key in made
+
+    class Bar:
+        def update(self):
+            pass
+
+        def set_postfix_str(self, text):
+            pass
+
+    runner._schedule(Made(), sorted(todo, key=lambda n: -rank[n.key]), 1, 1, Pool(), Bar())
+    assert started[0] == dt.key and set(started) == {n.key for n in todo}

@@ -7,6 +7,8 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import TINY
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from dtmerge.cli import main
@@ -112,3 +114,97 @@ def test_every_shipped_config_is_valid():
     assert load_search_config(root / "search.yaml").align == "weights"
     assert load_merge_config(root / "merge-attention-swap.yaml").select
     assert MFFConfig(**read_yaml_mapping(root / "mff-fisher.yaml")).merge.method == "fisher"
+
+
+@pytest.fixture(scope="module")
+def shared_start(tmp_path_factory, task_files):
+    """Three tiny task models trained from one random trunk, and that trunk as their base."""
+    from dtmerge.train import TrainConfig, train
+    from dtmerge.train.recipe import save_start
+
+    root = tmp_path_factory.mktemp("shared")
+    configs = {t: TrainConfig(dataset=str(path), out=str(root / t), steps=4, warmup_steps=2, batch_size=8,
+                              device="cpu", precision="fp32", seed=i, init_seed=7, model=TINY)
+               for i, (t, path) in enumerate(task_files.items())}
+    models = {t: train(c, progress=False) for t, c in configs.items()}
+    return models, save_start(configs["hopper"], root / "base")
+
+
+def _method_config(tmp_path, shared_start, **extra) -> dict:
+    models, base = shared_start
+    return {"models": [str(models[t]) for t in ("hopper", "walker2d", "halfcheetah")], "select": ["attn", "mlp"],
+            "method": "ties", "base": str(base), "space": {"density": [0.1, 1.0], "scale": [0.2, 1.5]},
+            "trials": 4, "episodes": 1, "report_episodes": 2, "max_steps": 15, "output": str(tmp_path / "s"), **extra}
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_a_method_search_starts_at_its_defaults_and_keeps_the_merge_it_reports(tmp_path, shared_start, sampler):
+    cfg = SearchConfig(**_method_config(tmp_path, shared_start, sampler=sampler))
+    summary = run_search(cfg, progress=False)
+    assert summary["reference"] == "defaults" and summary["defaults"]["trial"] == 0
+    assert summary["defaults"]["params"] == {"density": 0.2, "scale": 1.0}  # ties' own defaults
+    best = summary["best"]["params"]
+    assert all(lo <= best[k] <= hi for k, (lo, hi) in cfg.space.items())
+    assert len({tuple(sorted(h["scores"].items())) for h in summary["history"]}) > 1  # the trials differ
+    expected = merge(MergeConfig(models=cfg.models, select=cfg.select, method="ties", base=cfg.base, params=best,
+                                 output=str(tmp_path / "m")))
+    searched = load_file(tmp_path / "s" / "best" / "shared.safetensors")
+    wanted = load_file(expected / "shared.safetensors")
+    assert searched.keys() == wanted.keys() and all(torch.equal(searched[k], wanted[k]) for k in wanted)
+    bundle = json.loads((tmp_path / "s" / "best" / "bundle.json").read_text())
+    assert bundle["merge"]["method"] == "ties" and bundle["merge"]["params"] == best
+    assert "Best parameters" in (tmp_path / "s" / "results.md").read_text()
+
+
+def test_a_method_search_resumes_as_if_never_stopped(tmp_path, shared_start, monkeypatch):
+    whole = run_search(SearchConfig(**_method_config(tmp_path / "whole", shared_start, sampler="cmaes", trials=6)),
+                       progress=False)
+    cfg = SearchConfig(**_method_config(tmp_path, shared_start, sampler="cmaes", trials=6))
+    real, calls = search.Merger.evaluate, []
+
+    def stop_on_fourth(self, *args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *args)
+    monkeypatch.setattr(search.Merger, "evaluate", stop_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, progress=False)
+    monkeypatch.setattr(search.Merger, "evaluate", real)
+    assert run_search(cfg, resume=True, progress=False)["history"] == whole["history"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {"lambda": [0.1, 1.0]}}, r"takes \['density', 'scale'\], not \['lambda'\]"),
+    ({"space": {"density": [0.5, 1.0]}}, r"first trial's value 0.2 .* \[0.5, 1.0\]"),
+    ({"method": "dare", "space": {"seed": [0, 3.5]}}, "whole number"),
+    ({"method": "dare", "space": {"seed": [0, 3]}, "sampler": "cmaes"}, "cmaes searches real numbers only"),
+    ({"method": "task_arithmetic", "space": {"scale": [0.1, 1.0]}}, r"first trial's value None"),
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"base": None}, "needs base"),
+])
+def test_a_method_search_that_cannot_run_is_refused_before_any_rollout(tmp_path, shared_start, change, message):
+    cfg = SearchConfig(**{**_method_config(tmp_path, shared_start), **change})
+    with pytest.raises(search.SearchError, match=message):
+        run_search(cfg, progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"space": {}}, "give space"),
+    ({"space": {"density": [1.0, 0.5]}}, "must be below high"),
+    ({"align": "weights"}, "align the models first"),
+    ({"params": {"density": 0.3}}, "searched .* or fixed"),
+])
+def test_a_method_search_config_that_contradicts_itself_is_invalid(tmp_path, shared_start, change, message):
+    with pytest.raises(ValidationError, match=message):
+        SearchConfig(**{**_method_config(tmp_path, shared_start), **change})
+
+
+def test_the_guides_method_search_config_is_valid():
+    """docs/merging.md's example of a method search parses as a search config."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "merging.md").read_text()
+    block = text.split("The same search tunes", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = SearchConfig(**yaml.safe_load(block))
+    assert cfg.method == "ties" and cfg.space == {"density": (0.1, 1.0), "scale": (0.3, 1.5)}
+    assert cfg.reference() == "defaults"

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dtmerge.atomic import read_json
 from dtmerge.data.d4rl import write_d4rl
 from dtmerge.data.make import make_trajectories
 from dtmerge.envs import get_task
@@ -155,9 +156,14 @@ def _merge(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 
 @maker("mff")
 def _mff(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
-    """Merge-Freeze-Finetune into a bundle; a stopped run continues its finetuning."""
+    """Merge-Freeze-Finetune into a bundle; a stopped run continues its finetuning. The merge measures
+    task vectors from a `base` input, and takes the parameters a `search` input chose."""
     models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
-    cfg = MFFConfig(merge=MergeConfig(**spec["merge"], models=models, output=str(out / "merged")),
+    merge_spec = {**spec["merge"], **({"base": str(inputs["base"])} if "base" in inputs else {})}
+    if "search" in inputs:
+        chosen = read_json(Path(inputs["search"]) / "results.json")["best"]["params"]
+        merge_spec["params"] = {**merge_spec.get("params", {}), **chosen}
+    cfg = MFFConfig(merge=MergeConfig(**merge_spec, models=models, output=str(out / "merged")),
                     output=str(out / "bundle"), finetune=spec["finetune"])
     bundle = merge_freeze_finetune(cfg, resume=(out / "bundle.runs").exists(), progress=progress)
     return {"output": "bundle", "accounting": trunk_accounting(bundle)}
@@ -165,11 +171,14 @@ def _mff(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 
 @maker("search")
 def _search(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
-    """Merge weights searched by rollouts; a stopped study continues."""
+    """Merge weights (or a method's parameters) searched by rollouts; a stopped study continues."""
     models = [str(inputs[f"model{i}"]) for i in range(sum(n.startswith("model") for n in inputs))]
-    summary = run_search(SearchConfig(**spec, models=models, output=str(out / "search")),
+    base = {"base": str(inputs["base"])} if "base" in inputs else {}
+    summary = run_search(SearchConfig(**spec, **base, models=models, output=str(out / "search")),
                          resume=(out / "search").exists(), progress=progress)
-    return {"output": "search", "best": summary["best"], "equal weights": summary["equal weights"]}
+    reference = summary["reference"]
+    return {"output": "search", "best": summary["best"], reference: summary[reference],
+            "accounting": trunk_accounting(out / "search" / "best")}
 
 
 @maker("perturb")

@@ -50,9 +50,10 @@ def interpolate(target: Node, source: Node, select: list[str], alpha: float) -> 
                           "format": "checkpoint"}, {"model0": target, "model1": source})
 
 
-def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False) -> Node:
-    """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target."""
-    spec = {"episodes": scale.episodes, "seed": REPORT_EVAL_SEED, "targets": [TASKS[task].rtg_targets[0]],
+def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False, targets: list[float] | None = None) \
+        -> Node:
+    """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target (or `targets`)."""
+    spec = {"episodes": scale.episodes, "seed": REPORT_EVAL_SEED, "targets": targets or [TASKS[task].rtg_targets[0]],
             "max_steps": scale.max_steps, "precision": scale.precision}
     return Node("eval", {**spec, "task": task} if bundle_task else spec, {"model": model})
 

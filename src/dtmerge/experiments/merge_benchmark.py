@@ -1,14 +1,18 @@
 """The policy-merging benchmark: every merge method on the same three expert DTs (HalfCheetah,
-Hopper, Walker2d), training-free, beside a multi-task DT trained on the same data, from two kinds
+Hopper, Walker2d), in two regimes, beside a multi-task DT trained on the same data, from two kinds
 of start: independent random ones (each task its own, as the paper's DTs) and one random trunk
 shared by the three (task vectors then have a common base: the start itself). Attention and MLP
-of every block are merged into one bundle; each task keeps its own embeddings and head.
+of every block are merged into one bundle; each task keeps its own embeddings and head, as merged
+(training-free) or finetuned on its own data with the merged tensors frozen (Merge-Freeze-Finetune,
+the scale's finetuning steps per task).
 
 Score = each task's return over its own expert's, per seed, aggregated over tasks and seeds as
 the interquartile mean (IQM) with a 95% stratified bootstrap interval (seeds resampled within each
 task). Methods that need a common base are not run on independent starts (they refuse models
-without one). Hyper-parameters are each method's defaults (not searched), and the MFF regime and
-a ChibiT start are not in this version.
+without one). A method with hyper-parameters (`SPACES`) has them searched by `dtmerge search` on
+selection episodes (reset seeds below 10,000), one search per start and seed, and is scored on the
+held-out episodes every other model is scored on; its defaults are reported beside, and its MFF
+merges with the parameters the search chose. A ChibiT start is not in this version.
 """
 
 from __future__ import annotations
@@ -26,13 +30,29 @@ from dtmerge.merge.methods import METHODS
 from dtmerge.runtime import derive_seed
 
 NAME = "merge-benchmark"
-TITLE = "The policy-merging benchmark: merge methods on the same expert DTs, training-free"
+TITLE = "The policy-merging benchmark: merge methods on the same expert DTs, training-free and with MFF"
 LEVEL = "expert"
 SELECT = ["attn", "mlp"]
 STARTS = {"independent": "independent random starts", "shared": "one shared random start"}
+REGIMES = {"training-free": "training-free", "mff": "Merge-Freeze-Finetune"}
+MFF_AIM = (1.01, 0.98)  # an MFF merge at <= 101% of one model's transformer parameters keeping >= 98%
 PAIRWISE = ("interpolate", "slerp")  # two models only: the benchmark merges three
 METHOD_NAMES = tuple(m for m in METHODS if m not in PAIRWISE)
 RESAMPLES = 10_000
+THIRD = 1 / 3  # the task-vector scale that equals averaging three models (those methods' default)
+# Each searched method's [low, high] per hyper-parameter, and the first trial where its default is
+# not a number; ranges around the values the methods' papers use.
+SPACES = {
+    "task_arithmetic": ({"scale": (0.2, 1.2)}, {"scale": THIRD}),
+    "ties": ({"density": (0.1, 1.0), "scale": (0.3, 1.5)}, {}),
+    "dare": ({"density": (0.1, 1.0), "scale": (0.2, 1.2)}, {"scale": THIRD}),
+    "breadcrumbs": ({"density": (0.3, 0.9), "gamma": (0.0, 0.1), "scale": (0.2, 1.2)}, {"scale": THIRD}),
+    "della": ({"density": (0.3, 0.9), "epsilon": (0.0, 0.1), "scale": (0.3, 1.5)}, {}),
+    "tsv": ({"scale": (0.3, 1.5)}, {}),
+    "iso_c": ({"scale": (0.3, 1.5)}, {}),
+    "ram": ({"unique_scale": (0.5, 2.0)}, {}),
+    "regmean": ({"alpha": (0.1, 1.0)}, {}),
+}
 
 
 def _needs(method: str) -> str | None:
@@ -51,7 +71,8 @@ def _experts(scale: Scale, start: str, seed: int) -> dict[str, Node]:
     return {t: common.dt(scale, t, LEVEL, seed) for t in TASKS}
 
 
-def _merge(scale: Scale, method: str, experts: dict[str, Node], start: str, seed: int) -> Node:
+def _inputs(scale: Scale, method: str, experts: dict[str, Node], seed: int) -> dict[str, Node]:
+    """The models a merge takes (with the Fisher or Grams it needs beside them) and its base."""
     need = _needs(method)
     deps = {}
     for i, t in enumerate(TASKS):
@@ -65,6 +86,17 @@ def _merge(scale: Scale, method: str, experts: dict[str, Node], start: str, seed
         first = next(iter(TASKS))  # any task's start: the merged tensors are the trunk, which they share
         deps["base"] = Node("start", scale.train_spec(seed, init_seed=derive_seed("shared-start", seed)),
                             {"data": common.dataset(scale, first, LEVEL)})
+    return deps
+
+
+def _merge(scale: Scale, method: str, deps: dict[str, Node], seed: int) -> Node:
+    """The training-free merge: a search of the method's parameters where it has them."""
+    if method in SPACES:
+        space, start = SPACES[method]
+        return Node("search", {"select": SELECT, "method": method, "space": space, "start": start,
+                               "trials": scale.search_trials, "episodes": max(1, scale.episodes // 2),
+                               "report_episodes": scale.episodes, "seed": seed, "max_steps": scale.max_steps,
+                               "precision": scale.precision}, deps)
     return Node("merge", {"select": SELECT, "method": method, "format": "bundle"}, deps)
 
 
@@ -80,11 +112,30 @@ def nodes(scale: Scale) -> dict:
                 out[f"data|{t}|{LEVEL}"] = common.dataset(scale, t, LEVEL)
                 out[f"expert|{start}|{t}|{seed}"] = common.evaluation(scale, experts[t], t)
             for method in runs(start):
-                merged = _merge(scale, method, experts, start, seed)
-                out[f"accounting|{start}|{method}|{seed}"] = merged
-                for t in TASKS:
+                deps = _inputs(scale, method, experts, seed)
+                merged = _merge(scale, method, deps, seed)
+                out[f"merged|{start}|{method}|{seed}"] = merged  # a search reports its held-out returns itself
+                for t in TASKS if merged.kind == "merge" else ():
                     out[f"{method}|{start}|{t}|{seed}"] = common.evaluation(scale, merged, t, bundle_task=True)
+                searched = {"search": merged} if merged.kind == "search" else {}  # MFF merges as it chose
+                mff = Node("mff", {"merge": {"select": SELECT, "method": method, "format": "bundle"},
+                                   "finetune": scale.finetune_spec(seed)}, {**deps, **searched})
+                out[f"mff-bundle|{start}|{method}|{seed}"] = mff
+                for t in TASKS:
+                    out[f"mff|{method}|{start}|{t}|{seed}"] = common.evaluation(scale, mff, t, bundle_task=True)
     return out
+
+
+def merged_returns(results: dict, regime: str, method: str, start: str, seed: int, pick: str = "best") \
+        -> dict[str, float]:
+    """Each task's held-out return of a merge: its evaluations, or for a training-free searched
+    method the search's held-out report of its `pick` (the best trial on selection episodes, or its
+    `defaults`)."""
+    if regime == "mff":
+        return {t: common.mean_return(results[f"mff|{method}|{start}|{t}|{seed}"]) for t in TASKS}
+    if method in SPACES:
+        return results[f"merged|{start}|{method}|{seed}"][pick]["held_out_return"]
+    return {t: common.mean_return(results[f"{method}|{start}|{t}|{seed}"]) for t in TASKS}
 
 
 def iqm_interval(scores: np.ndarray, seed: int = 0) -> dict:
@@ -103,63 +154,96 @@ def iqm_interval(scores: np.ndarray, seed: int = 0) -> dict:
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
-    returns = {k: common.mean_return(v) for k, v in results.items() if k.split("|")[0] != "data"
-               and not k.startswith("accounting")}
+    returns = {k: common.mean_return(v) for k, v in results.items() if k.split("|")[0] in ("expert", "multi")}
     board = []
-    for start in STARTS:
-        for method in runs(start):
-            scores = np.array([[returns[f"{method}|{start}|{t}|{s}"] / returns[f"expert|{start}|{t}|{s}"]
-                                for t in TASKS] for s in range(scale.seeds)])
-            acct = results[f"accounting|{start}|{method}|0"].get("accounting", {})
-            board.append({"start": start, "method": method, "iqm": iqm_interval(scores),
-                          "per_task": dict(zip(TASKS, scores.mean(0).tolist())),
-                          "transformer_params_pct": acct.get("relative_to_single_model_percent")})
-    board.sort(key=lambda r: (r["start"], -r["iqm"]["mean"]))
+    for regime in REGIMES:
+        for start in STARTS:
+            for method in runs(start):
+                def normalised(pick, regime=regime, method=method, start=start):
+                    """(seeds, tasks) held-out returns over the experts'."""
+                    return np.array([[merged_returns(results, regime, method, start, s, pick)[t]
+                                      / returns[f"expert|{start}|{t}|{s}"] for t in TASKS] for s in range(scale.seeds)])
+                scores = normalised("best")
+                made = results[f"{'mff-bundle' if regime == 'mff' else 'merged'}|{start}|{method}|0"]
+                searched = method in SPACES
+                board.append({"regime": regime, "start": start, "method": method, "iqm": iqm_interval(scores),
+                              "per_task": dict(zip(TASKS, scores.mean(0).tolist())),
+                              "defaults_iqm": iqm_interval(normalised("defaults"))
+                              if searched and regime == "training-free" else None,
+                              "chosen": [results[f"merged|{start}|{method}|{s}"]["best"]["params"]
+                                         for s in range(scale.seeds)] if searched else None,
+                              "transformer_params_pct": made.get("accounting", {}).get(
+                                  "relative_to_single_model_percent")})
+    board.sort(key=lambda r: (list(REGIMES).index(r["regime"]), r["start"], -r["iqm"]["mean"]))
     multi = {start: iqm_interval(np.array([[returns[f"multi|{t}|{s}"] / returns[f"expert|{start}|{t}|{s}"]
                                             for t in TASKS] for s in range(scale.seeds)])) for start in STARTS}
     base = common.base_models(scale, results, {f"{t} {LEVEL} ({start})": (t, LEVEL, f"expert|{start}|{t}")
                                                for start in STARTS for t in TASKS})
     table = [f"# {TITLE}", "", "Each task's return over its own expert's, IQM [95% stratified bootstrap interval] "
              f"over {len(TASKS)} tasks x {scale.seeds} seed(s), {scale.episodes} episodes each (scale {scale.name}; "
-             f"experts trained {scale.steps} steps on {LEVEL} data). {', '.join(SELECT)} merged into one bundle, "
-             "every method at its default hyper-parameters (not searched). 1.0 = the experts themselves; the "
-             "multi-task DT (one DT trained on the three tasks' data, the same steps) is the reference a merge "
-             f"competes with: {', '.join(f'{common.show(multi[s], 3)} of the {STARTS[s]} experts' for s in STARTS)}.",
-             "",
-             "| start | rank | method | IQM of return / expert | " + " | ".join(TASKS) + " | transformer params |",
-             "| --- | --- | --- | --- | " + "--- | " * len(TASKS) + "--- |"]
-    rank = {}
-    for row in board:
-        rank[row["start"]] = rank.get(row["start"], 0) + 1
-        pct = row["transformer_params_pct"]
-        table.append(f"| {STARTS[row['start']]} | {rank[row['start']]} | {row['method']} | "
-                     f"{common.show(row['iqm'], 3)} | " + " | ".join(f"{row['per_task'][t]:.2f}" for t in TASKS)
-                     + f" | {f'{pct:.1f}%' if pct is not None else '–'} |")
+             f"experts trained {scale.steps} steps on {LEVEL} data). {', '.join(SELECT)} merged into one bundle; "
+             f"Merge-Freeze-Finetune then trains each task's embeddings and head {scale.finetune_steps} steps on its "
+             f"own data, the merged tensors frozen. Hyper-parameters searched ({scale.search_trials} trials of "
+             f"`dtmerge search` per start and seed, on {max(1, scale.episodes // 2)} selection episodes per task) "
+             "where a method has them, and MFF merges with the chosen ones; `at defaults`: the same method at its "
+             "own defaults, on the same held-out episodes. 1.0 = the experts themselves; the multi-task DT (one DT "
+             "trained on the three tasks' data, the same steps) is the reference a merge competes with: "
+             f"{', '.join(f'{common.show(multi[s], 3)} of the {STARTS[s]} experts' for s in STARTS)}."]
+    for regime, title in REGIMES.items():
+        table += ["", f"## {title}", "",
+                  "| start | rank | method | IQM of return / expert | at defaults | " + " | ".join(TASKS)
+                  + " | transformer params |",
+                  "| --- | --- | --- | --- | --- | " + "--- | " * len(TASKS) + "--- |"]
+        rank = {}
+        for row in (r for r in board if r["regime"] == regime):
+            rank[row["start"]] = rank.get(row["start"], 0) + 1
+            pct, defaults = row["transformer_params_pct"], row["defaults_iqm"]
+            table.append(f"| {STARTS[row['start']]} | {rank[row['start']]} | {row['method']} | "
+                         f"{common.show(row['iqm'], 3)} | {common.show(defaults, 3) if defaults else '–'} | "
+                         + " | ".join(f"{row['per_task'][t]:.2f}" for t in TASKS)
+                         + f" | {f'{pct:.1f}%' if pct is not None else '–'} |")
     table += common.base_table(base)
 
     def draw(axes):
-        for ax, start in zip(axes[0], STARTS):
-            rows = [r for r in board if r["start"] == start][::-1]
-            y = range(len(rows))
-            means = [r["iqm"]["mean"] for r in rows]
-            ax.barh(y, means, xerr=common.error_bars([r["iqm"] for r in rows]), capsize=2, color="tab:blue")
-            ax.axvline(1.0, color="k", ls="--", lw=1, label="experts")
-            ax.axvline(multi[start]["mean"], color="tab:red", ls=":", lw=1, label="multi-task DT")
-            ax.set_yticks(list(y), [r["method"] for r in rows], fontsize=7)
-            ax.set_xlabel("IQM of return / expert's", fontsize=8)
-            ax.set_title(f"{STARTS[start]} ({scale.name})", fontsize=9)
-            ax.legend(fontsize=6)
+        for row_axes, regime in zip(axes, REGIMES):
+            for ax, start in zip(row_axes, STARTS):
+                rows = [r for r in board if r["regime"] == regime and r["start"] == start][::-1]
+                y = range(len(rows))
+                ax.barh(y, [r["iqm"]["mean"] for r in rows], xerr=common.error_bars([r["iqm"] for r in rows]),
+                        capsize=2, color="tab:blue" if regime == "training-free" else "tab:green")
+                ax.axvline(1.0, color="k", ls="--", lw=1, label="experts")
+                ax.axvline(multi[start]["mean"], color="tab:red", ls=":", lw=1, label="multi-task DT")
+                ax.set_yticks(list(y), [r["method"] for r in rows], fontsize=7)
+                ax.set_xlabel("IQM of return / expert's", fontsize=8)
+                ax.set_title(f"{'MFF' if regime == 'mff' else regime}: {STARTS[start]} ({scale.name})", fontsize=8)
+                ax.legend(fontsize=6)
 
     summary = {"leaderboard": board, "multi_task": multi, "base_models": base}
-    return common.publish(out, NAME, scale, summary, table, draw, panels=(1, len(STARTS)))
+    return common.publish(out, NAME, scale, summary, table, draw, panels=(len(REGIMES), len(STARTS)))
 
 
 def findings(summary: dict) -> list[dict]:
-    shared = [r for r in summary["leaderboard"] if r["start"] == "shared"]
+    board = summary["leaderboard"]
+    shared = [r for r in board if r["regime"] == "training-free" and r["start"] == "shared"]
     best = max(shared, key=lambda r: r["iqm"]["mean"])
+    most, keep = MFF_AIM
+    small = [r for r in board if r["regime"] == "mff" and (r["transformer_params_pct"] or 0) <= most * 100]
+    mff = max(small, key=lambda r: r["iqm"]["mean"], default=None)
+    unmet = common.unmet(summary["base_models"])
+    if mff is None:
+        least = min(r["transformer_params_pct"] for r in board if r["regime"] == "mff")
+        measured = f"no MFF entry is that small here (the smallest: {least:.1f}% of one model's transformer)"
+    else:
+        measured = (f"best such MFF: {mff['method']} from {STARTS[mff['start']]}, IQM {common.show(mff['iqm'], 3)} "
+                    f"of the experts' return (the best of {len(small)})")
     return [common.finding("A training-free merge of three shared-start DTs keeps at least 85% of the experts' score "
                            "(the paper's best training-free merge, Fisher, kept about 79%).",
                            f"best shared-start method {best['method']}: IQM {common.show(best['iqm'], 3)} of the "
-                           "experts' return (the best of many methods: the choice is made on the same episodes)",
+                           "experts' return (its hyper-parameters chosen on selection episodes; the best of "
+                           f"{len(shared)} methods, that choice made on the reported episodes)",
                            common.versus(best["iqm"], 0.85), "agrees if the best method's interval lies above 0.85, "
-                           "disagrees if below", common.unmet(summary["base_models"]))]
+                           "disagrees if below", unmet),
+            common.finding(f"An MFF merge at <= {most:.0%} of one model's transformer parameters keeps at least "
+                           f"{keep:.0%} of the experts' score (the paper's best: 95.0 against 99.7).",
+                           measured, mff and common.versus(mff["iqm"], keep),
+                           f"agrees if the best such entry's interval lies above {keep}, disagrees if below", unmet)]

@@ -2,7 +2,9 @@
 
 `workers=1` makes every artifact in this process with all cores; `workers=N` runs up to N
 artifacts at once in separate processes or Ray tasks, each with cores // N threads, an artifact
-starting as soon as everything it is made from is done. A stopped run is resumed by running it
+starting as soon as everything it is made from is done; of those ready, the one with the longest
+estimated chain of work waiting on it goes first (a DT whose merges and evaluations are still to
+come before a lone evaluation), so the long trainings do not end up last. A stopped run is resumed by running it
 again: finished artifacts are skipped and a stopped training continues from its last checkpoint.
 """
 
@@ -68,6 +70,22 @@ def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node
     return todo, "\n".join(lines)
 
 
+def critical_path(todo: list[Node], seconds_per_step: float) -> dict[str, float]:
+    """Each node's estimated seconds from its start to the end of the longest chain of work in
+    `todo` that waits on it (`todo` lists inputs first)."""
+    keys = {n.key for n in todo}
+    dependents: dict[str, list[Node]] = {n.key: [] for n in todo}
+    for node in todo:
+        for dep in node.deps.values():
+            if dep.key in keys:
+                dependents[dep.key].append(node)
+    rank: dict[str, float] = {}
+    for node in reversed(todo):  # what uses a node comes after it, so it is ranked first
+        rank[node.key] = estimate(node, seconds_per_step) + max((rank[m.key] for m in dependents[node.key]),
+                                                                default=0.0)
+    return rank
+
+
 def visible_gpus() -> list[str]:
     """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them."""
     if not torch.cuda.is_available():
@@ -107,8 +125,9 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         pool = _RayTasks(threads, workers, gpus_per_artifact) if executor == "ray" else _ProcessPool(workers)
+        rank = critical_path(todo, measured_seconds_per_step(store))
         try:
-            _schedule(store, todo, workers, threads, pool, bar)
+            _schedule(store, sorted(todo, key=lambda n: -rank[n.key]), workers, threads, pool, bar)
         except BaseException:
             pool.close(stop_running=True)  # Ctrl-C or SIGTERM: stop the workers' artifacts too
             raise
@@ -117,6 +136,7 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
 
 
 def _schedule(store: Store, todo: list[Node], workers: int, threads: int, pool, bar) -> None:
+    """Start ready nodes in `todo`'s order as workers free up."""
     pending = {n.key: n for n in todo}
     running: dict = {}
     while pending or running:

@@ -37,6 +37,9 @@ DTs above their data's score (1.06-1.29x, means over 3 seeds; 500 steps, the ear
 measured to be enough). Every model within a table gets the same budget, so the
 comparisons (LM init against Random, Fisher against direct) stay like for like, and the Single
 baseline trains on for the MFF steps, as many as the merged models had.
+
+`merge-benchmark` finetunes its MFF regime 500 steps per task at mini (half the scale's MFF
+budget): it makes one MFF per method, start and seed, 57 of them, 85k training steps.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Scale:
     finetune_steps: int = 1000  # Merge-Freeze-Finetune: steps per task after the merge
     lm: dict = field(default_factory=dict)  # the language model pre-trained for Table III (PretrainConfig)
     lm_terms: dict = field(default_factory=dict)  # Eq. 5 settings its DTs train with (k-means centres, L_LM blocks)
-    search_trials: int = 20  # merges tried by a weight search (alignment experiment)
+    search_trials: int = 20  # merges a search tries (alignment: weights; merge-benchmark: each method's)
     levels: tuple[str, ...] = ()  # the data levels an experiment runs, where fewer than the paper's (lm-init)
     sized: dict = field(default_factory=dict)  # experiment name -> fields it overrides at this scale
     curve_steps: tuple[int, ...] = ()  # steps at which every DT's weights are kept (dt-curves evaluates them)
@@ -84,7 +87,7 @@ class Scale:
         spec = {"steps": self.steps, "warmup_steps": self.warmup_steps, "batch_size": self.batch_size,
                 "model": self.model, "seed": seed, "save_every": max(1, min(1000, self.steps)),
                 "precision": self.precision, **extra}
-        keep = [s for s in self.curve_steps if s < spec["steps"]]
+        keep = spec.pop("keep_steps", None) or [s for s in self.curve_steps if s < spec["steps"]]
         return {**spec, "keep_steps": keep} if keep else spec
 
 
@@ -105,6 +108,7 @@ SCALES = {
                   lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2},
                   sized={"lm-init": {"steps": 1000, "warmup_steps": 100, "finetune_steps": 500, "levels": ("medium",),
                                      "lm": {"steps": 1000, "save_every": 250, "tokenizer": "bpe"}},
+                         "merge-benchmark": {"finetune_steps": 500},
                          **{name: {"seeds": EXPERT_SEEDS} for name in EXPERT_EXPERIMENTS}}),
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
                   finetune_steps=300, curve_steps=(150, 300)),

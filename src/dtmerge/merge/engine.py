@@ -198,6 +198,31 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
     """The merge itself; `recorded_models` are the paths the provenance names (the user's, not
     the aligned copies')."""
     inp = _Inputs(cfg)
+    merged = merged_tensors(cfg, inp)
+    recorded = {str(Path(m)): str(r) for m, r in zip(cfg.models, recorded_models)}
+    provenance = {"merge": {**cfg.model_dump(exclude={"output"}), "models": [recorded[str(p)] for p in inp.paths],
+                            "tasks": inp.tasks, "merged_tensors": len(inp.selected)}}
+    if cfg.format == "checkpoint":
+        model, meta = load_checkpoint(inp.paths[0])
+        model.load_state_dict({**model.state_dict(), **merged})
+        return save_checkpoint(cfg.output, model, {**carried_meta(meta), **provenance})
+    if len(set(inp.tasks)) != len(inp.tasks):
+        raise MergeError(f"a bundle holds one model per task, got tasks {inp.tasks}; use format: checkpoint")
+
+    def own(path):
+        def load():
+            with safe_open(path / "model.safetensors", framework="pt") as f:
+                return {n: f.get_tensor(n) for n in f.keys() if n not in merged}
+        return load
+
+    per_task = {t: (m, own(p)) for t, m, p in zip(inp.tasks, inp.metas, inp.paths)}
+    return write_bundle(cfg.output, merged, per_task, provenance)
+
+
+def merged_tensors(cfg: MergeConfig, inp: _Inputs | None = None) -> dict[str, torch.Tensor]:
+    """The selected tensors merged as `cfg` says, in memory (what a merge would write); `inp`: the
+    inputs already opened and checked for this config."""
+    inp = inp or _Inputs(cfg)
     method = inp.method
     normalizers = inp.fisher_normalizers(cfg.fisher_normalize) if method.needs_fisher else None
     merged: dict[str, torch.Tensor] = {}
@@ -222,24 +247,7 @@ def _merge(cfg: MergeConfig, recorded_models: list[str]) -> Path:
             if out.shape != tensors[0].shape or not torch.isfinite(out).all():
                 raise MergeError(f"merging {name} with {cfg.method} gave a non-finite or mis-shaped tensor")
             merged[name] = out
-    recorded = {str(Path(m)): str(r) for m, r in zip(cfg.models, recorded_models)}
-    provenance = {"merge": {**cfg.model_dump(exclude={"output"}), "models": [recorded[str(p)] for p in inp.paths],
-                            "tasks": inp.tasks, "merged_tensors": len(inp.selected)}}
-    if cfg.format == "checkpoint":
-        model, meta = load_checkpoint(inp.paths[0])
-        model.load_state_dict({**model.state_dict(), **merged})
-        return save_checkpoint(cfg.output, model, {**carried_meta(meta), **provenance})
-    if len(set(inp.tasks)) != len(inp.tasks):
-        raise MergeError(f"a bundle holds one model per task, got tasks {inp.tasks}; use format: checkpoint")
-
-    def own(path):
-        def load():
-            with safe_open(path / "model.safetensors", framework="pt") as f:
-                return {n: f.get_tensor(n) for n in f.keys() if n not in merged}
-        return load
-
-    per_task = {t: (m, own(p)) for t, m, p in zip(inp.tasks, inp.metas, inp.paths)}
-    return write_bundle(cfg.output, merged, per_task, provenance)
+    return merged
 
 
 def load_merge_config(path, overrides: dict | None = None) -> MergeConfig:
