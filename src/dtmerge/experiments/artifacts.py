@@ -91,12 +91,16 @@ def _lm(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 @maker("dt")
 def _dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     """A training run; resumes from its own checkpoints when a stopped run is made again."""
-    datasets = [str(inputs[name]) for name in inputs if name.startswith("data")]  # in the order given
+    train(_train_config(spec, inputs, out / "run"), resume=True, progress=progress)
+    return {"output": "run/checkpoint", "mse": logged_mse(out / "run" / "metrics.jsonl")}
+
+
+def _train_config(spec: dict, inputs: dict, run: Path) -> TrainConfig:
+    """A DT node's training config: its data inputs in the order given, its init and corpus."""
+    datasets = [str(inputs[name]) for name in inputs if name.startswith("data")]
     init = {"init": str(inputs["init"])} if "init" in inputs else {}
     corpus = {"lm_corpus": [str(inputs["corpus"])]} if "corpus" in inputs else {}
-    cfg = TrainConfig(**spec, **init, **corpus, dataset=datasets, out=str(out / "run"))
-    train(cfg, resume=True, progress=progress)
-    return {"output": "run/checkpoint", "mse": logged_mse(out / "run" / "metrics.jsonl")}
+    return TrainConfig(**spec, **init, **corpus, dataset=datasets, out=str(run))
 
 
 def logged_mse(metrics: Path) -> list[list[float]]:
@@ -133,9 +137,8 @@ def _fisher(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
 
 @maker("start")
 def _start_weights(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
-    """The weights a DT of this spec starts from: the base of its task vector."""
-    cfg = TrainConfig(**spec, dataset=[str(inputs["data"])], out=str(out / "unused"))
-    save_start(cfg, out / "checkpoint")
+    """The weights a DT of this spec and these inputs starts from: the base of its task vector."""
+    save_start(_train_config(spec, inputs, out / "unused"), out / "checkpoint")
     return {"output": "checkpoint"}
 
 

@@ -39,7 +39,8 @@ comparisons (LM init against Random, Fisher against direct) stay like for like, 
 baseline trains on for the MFF steps, as many as the merged models had.
 
 `merge-benchmark` finetunes its MFF regime 500 steps per task at mini (half the scale's MFF
-budget): it makes one MFF per method, start and seed, 57 of them, 85k training steps.
+budget; one MFF per method, start and seed), and its ChibiT start is the language model Table
+III pre-trains (1,000 steps).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ SCALES = {
                   lm={"steps": 2000, "tokenizer": "bpe"}, lm_terms={"lm_seq_len": 256, "lm_batch_size": 2},
                   sized={"lm-init": {"steps": 1000, "warmup_steps": 100, "finetune_steps": 500, "levels": ("medium",),
                                      "lm": {"steps": 1000, "save_every": 250, "tokenizer": "bpe"}},
-                         "merge-benchmark": {"finetune_steps": 500},
+                         "merge-benchmark": {"finetune_steps": 500,  # and Table III's language model
+                                             "lm": {"steps": 1000, "save_every": 250, "tokenizer": "bpe"}},
                          **{name: {"seeds": EXPERT_SEEDS} for name in EXPERT_EXPERIMENTS}}),
     "demo": Scale("demo", transitions=50_000, steps=600, warmup_steps=60, batch_size=64, episodes=10, seeds=2,
                   finetune_steps=300, curve_steps=(150, 300)),
