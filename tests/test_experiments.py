@@ -327,3 +327,20 @@ def test_the_longest_chain_of_work_starts_first():
 
     runner._schedule(Made(), sorted(todo, key=lambda n: -rank[n.key]), 1, 1, Pool(), Bar())
     assert started[0] == dt.key and set(started) == {n.key for n in todo}
+
+
+def test_the_plan_estimates_from_runs_on_this_kind_of_device(tmp_path):
+    """A plan's time comes from DTs that trained on this device kind and precision; before one has,
+    it says the rate is assumed, not measured."""
+    store = Store(tmp_path / "store")
+    node = Node("dt", {"steps": 100})
+    assert "unmeasured" in runner.plan(store, [node])[1]
+    run = tmp_path / "store" / "dt" / "x" / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 100, "steps_per_s": 1.0}\n{"step": 200, "steps_per_s": 4.0}\n')
+    here = runner.this_runtime()
+    (run / "config.json").write_text(json.dumps({"runtime": {**here, "device": "cuda"}}))
+    assert "unmeasured" in runner.plan(store, [node])[1]  # another kind of device's rate is not this one's
+    (run / "config.json").write_text(json.dumps({"runtime": here}))
+    kind = f"{here['device']}/{here['precision']}"
+    assert f"250 ms per training step measured on {kind}" in runner.plan(store, [node])[1]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments.artifacts import GPU_KINDS, estimate, make
 from dtmerge.experiments.store import Node, Store
+from dtmerge.runtime import pick_device, resolve_precision, runtime_kind
 
 DEFAULT_SECONDS_PER_STEP = 0.075  # a 128/3/1 DT step, batch 64, bf16, 2 cores (measured)
 
@@ -38,23 +39,47 @@ def all_nodes(targets: list[Node]) -> list[Node]:
     return list(seen.values())
 
 
-def measured_seconds_per_step(store: Store) -> float:
-    """Median training speed of the finished runs in the store (or the default before there are any)."""
+def this_runtime() -> dict:
+    """The device kind and precision a DT here trains on (`precision: auto`)."""
+    device = pick_device("auto")
+    return runtime_kind(device, resolve_precision("auto", device))
+
+
+def made_on(run: Path) -> dict:
+    """The runtime a DT run in the store recorded (config.json); runs from before it was recorded
+    trained on a CPU, in a precision not recorded."""
+    try:
+        recorded = json.loads((run / "config.json").read_text()).get("runtime")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return recorded if isinstance(recorded, dict) else {"device": "cpu", "precision": None}
+
+
+def measured_seconds_per_step(store: Store, runtime: dict) -> float | None:
+    """Median training speed of the store's runs on this kind of device and precision (None before
+    any has trained on it)."""
     rates = []
     for log in (store.root / "dt").glob("*/run/metrics.jsonl"):
+        made = made_on(log.parent)
+        if made["device"] != runtime["device"] or made["precision"] not in (None, runtime["precision"]):
+            continue
         for line in log.read_text().splitlines()[1:]:
             try:
                 rates.append(json.loads(line)["steps_per_s"])
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    return 1.0 / statistics.median(rates) if rates else DEFAULT_SECONDS_PER_STEP
+    return 1.0 / statistics.median(rates) if rates else None
 
 
 def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node], str]:
-    """The nodes still to make, and a description of the plan."""
+    """The nodes still to make, and a description of the plan: its time from the step rate measured
+    on this kind of device, or the CPU default, said to be unmeasured, before one has run here."""
     nodes = all_nodes(targets)
     todo = [n for n in nodes if not store.done(n)]
-    per_step = measured_seconds_per_step(store)
+    runtime = this_runtime()
+    measured = measured_seconds_per_step(store, runtime)
+    per_step = measured or DEFAULT_SECONDS_PER_STEP
+    device_kind = f"{runtime['device']}/{runtime['precision']}"
     lines = [f"store: {store.root}", f"{len(nodes)} artifacts: {len(nodes) - len(todo)} cached, {len(todo)} to make"]
     kinds = sorted({n.kind for n in nodes})
     for kind in kinds:
@@ -64,8 +89,10 @@ def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node
         lines.append(f"  {kind:8s} {len(k_all) - len(k_todo):5d} cached {len(k_todo):5d} to make"
                      f"  ~{seconds / 60:.1f} min")
     total = sum(estimate(n, per_step) for n in todo)
-    lines.append(f"estimated time: ~{total / 60:.1f} min of compute ({per_step * 1000:.0f} ms per training step"
-                 f"{' measured' if per_step != DEFAULT_SECONDS_PER_STEP else ' assumed'}), "
+    rate = (f"{per_step * 1000:.0f} ms per training step measured on {device_kind} in this store" if measured else
+            f"{per_step * 1000:.0f} ms per training step assumed, a 2-core CPU's: unmeasured, no DT in this store "
+            f"has trained on {device_kind}")
+    lines.append(f"estimated time: ~{total / 60:.1f} min of compute ({rate}), "
                  f"~{total / 60 / max(workers, 1):.1f} min with {workers} worker(s) if they do not slow each other")
     return todo, "\n".join(lines)
 
@@ -125,7 +152,7 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         pool = _RayTasks(threads, workers, gpus_per_artifact) if executor == "ray" else _ProcessPool(workers)
-        rank = critical_path(todo, measured_seconds_per_step(store))
+        rank = critical_path(todo, measured_seconds_per_step(store, this_runtime()) or DEFAULT_SECONDS_PER_STEP)
         try:
             _schedule(store, sorted(todo, key=lambda n: -rank[n.key]), workers, threads, pool, bar)
         except BaseException:

@@ -75,7 +75,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
     metas = [{**r.meta, "state_mean": np.asarray(r.state_mean).tolist(), "state_std": np.asarray(r.state_std).tolist(),
               "rtg_scale": cfg.rtg_scale, "seed": cfg.seed, "train_config": cfg.model_dump()} for r in runs]
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.model_dump())
+    write_json(run_dir / "config.json", {**cfg.model_dump(), "runtime": runtime_kind(device, precision)})
     _truncate_log(run_dir / "metrics.jsonl", step)
 
     for m in models:
