@@ -9,6 +9,7 @@ embedding inside the trunk: a Decision Transformer adds its own timestep embeddi
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -36,17 +37,40 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
 
 
+_SUPPLY = None  # while `supplied_masks` is active: (shape, p) -> the keep-mask for the next dropout
+
+
+@contextmanager
+def supplied_masks(supply):
+    """Every dropout takes its keep-mask from `supply(shape, p)`, in call order, instead of drawing
+    it: how `fit_many` gives each of its stacked models the masks its own run would draw."""
+    global _SUPPLY
+    previous, _SUPPLY = _SUPPLY, supply
+    try:
+        yield
+    finally:
+        _SUPPLY = previous
+
+
+def cpu_keep_mask(rng: np.random.Generator, shape, p: float) -> torch.Tensor:
+    """The keep-mask CPU dropout draws: 16-bit integers from numpy's PCG64 (p is rounded to a
+    multiple of 1/65536)."""
+    return torch.from_numpy(rng.integers(0, 1 << 16, size=tuple(shape), dtype=np.uint16) >= round(p * (1 << 16)))
+
+
 def dropout(x, p: float, training: bool):
-    """Inverted dropout. On CPU the keep-mask comes from numpy's PCG64 as 16-bit integers (p is
-    rounded to a multiple of 1/65536): torch's CPU `bernoulli_` took a quarter of a DT training step
-    here, numpy's generator is ~7x faster. The generator is seeded by `seed_everything` and saved in
-    resumable checkpoints, so runs stay repeatable."""
+    """Inverted dropout. On CPU the keep-mask comes from numpy's PCG64 (`cpu_keep_mask`): torch's CPU
+    `bernoulli_` took a quarter of a DT training step here, numpy's generator is ~7x faster. The
+    generator is seeded by `seed_everything` and saved in resumable checkpoints, so runs stay
+    repeatable."""
     if not training or p == 0.0:
         return x
-    if x.is_cuda:
+    if _SUPPLY is not None:
+        keep = _SUPPLY(x.shape, p)
+    elif x.is_cuda:
         return F.dropout(x, p, True)
-    bits = dropout_rng().integers(0, 1 << 16, size=x.shape, dtype=np.uint16)
-    keep = torch.from_numpy(bits >= round(p * (1 << 16)))
+    else:
+        keep = cpu_keep_mask(dropout_rng(), x.shape, p)
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 
@@ -95,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         if keep is not None:
             attn_mask = attn_mask[..., keep, :]
         p = self.dropout if self.training else 0.0
-        if x.is_cuda:
+        if x.is_cuda and (_SUPPLY is None or p == 0.0):  # SDPA draws its own dropout
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
             y = explicit_attention(q, k, v, attn_mask, p, self.training)
