@@ -3,6 +3,7 @@ finished artifacts never made twice, reports written from the store."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -344,3 +345,32 @@ def test_the_plan_estimates_from_runs_on_this_kind_of_device(tmp_path):
     (run / "config.json").write_text(json.dumps({"runtime": here}))
     kind = f"{here['device']}/{here['precision']}"
     assert f"250 ms per training step measured on {kind}" in runner.plan(store, [node])[1]
+
+
+def test_batched_dts_train_together_and_match_their_single_runs(tmp_path):
+    """--batch-dts: a task's DTs of different seeds train as one dt-batch; each model matches the
+    single run within fit_many's tolerance, under keys of its own, and the report rebuilds them."""
+    from safetensors.torch import load_file
+
+    from dtmerge.experiments.batching import batch_trainings
+
+    scale = SCALES["smoke"]
+    graph = EXPERIMENTS["incremental"].nodes(dataclasses.replace(scale, seeds=2))
+    batched = batch_trainings([graph], 8)[0]
+    kinds = {n.kind for target in batched.values() for n in target.walk()}
+    assert {"dt-batch", "batched-dt"} <= kinds and "dt" not in kinds
+    assert set(batched) == set(graph) and all(batched[k].key != graph[k].key for k in graph if "|" in k
+                                              and not k.startswith("data"))
+    store = tmp_path / "store"
+    run_suite(["incremental"], "smoke", tmp_path / "one", seeds=2, store=store, progress=False, batch_dts=0)
+    run_suite(["incremental"], "smoke", tmp_path / "many", seeds=2, store=store, progress=False, batch_dts=8,
+              echo=lambda *_: None)
+    made = Store(store)
+    for key in ("original|hopper|1", "original|halfcheetah|0"):
+        alone = made.path(graph[key].deps["model"]) / "run" / "checkpoint" / "model.safetensors"
+        together = made.path(batched[key].deps["model"]) / "run" / "checkpoint" / "model.safetensors"
+        a, b = load_file(alone), load_file(together)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert json.loads((tmp_path / "many" / "run.json").read_text())["batch_dts"] == 8
+    r = CliRunner().invoke(main, ["experiment", "report", str(tmp_path / "many")])
+    assert r.exit_code == 0, r.output

@@ -463,18 +463,22 @@ def experiment_list():
 @click.option("--gpus-per-artifact", type=click.FloatRange(min=0), show_default="the cluster's GPUs / workers",
               help="GPUs each Ray task that trains or rolls out declares (ray executor; e.g. 0.25 packs four per GPU)")
 @click.option("--store", type=click.Path(file_okay=False), help="artifact store [default: $DTMERGE_HOME/store]")
+@click.option("--batch-dts", type=click.IntRange(min=0), show_default="8 on a GPU, else 0",
+              help="train up to N DTs of a task that differ only in seed at once, in one stacked model "
+                   "(dtmerge.train.many); their numbers differ from single runs in the last bits, so they are "
+                   "stored under keys of their own; 0: one at a time")
 @resume_option
 @overwrite_option
 @log_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, resume, overwrite, log,
-                   quiet):
+def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, batch_dts, resume,
+                   overwrite, log, quiet):
     """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out; with
     --log, every artifact's training metrics and scores also go to the loggers (under --out)."""
     from dtmerge.experiments.suite import run_suite
 
     run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo,
-              executor=executor, gpus_per_artifact=gpus_per_artifact, log=log)
+              executor=executor, gpus_per_artifact=gpus_per_artifact, log=log, batch_dts=batch_dts)
 
 
 @experiment_group.command("report")

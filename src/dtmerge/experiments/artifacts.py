@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -29,10 +30,11 @@ from dtmerge.merge.regmean import compute_grams
 from dtmerge.merge.search import SearchConfig, run_search
 from dtmerge.store.bundle import trunk_accounting
 from dtmerge.train import TrainConfig, train
+from dtmerge.train.many import train_many
 from dtmerge.train.recipe import save_start
 
 MAKERS: dict[str, Callable] = {}
-GPU_KINDS = {"dt", "lm", "mff", "eval", "search"}  # makers that train or roll out: on a GPU where there is one
+GPU_KINDS = {"dt", "dt-batch", "lm", "mff", "eval", "search"}  # makers that train or roll out: on a GPU if any
 
 
 def maker(kind: str):
@@ -93,6 +95,24 @@ def _dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
     """A training run; resumes from its own checkpoints when a stopped run is made again."""
     train(_train_config(spec, inputs, out / "run"), resume=True, progress=progress)
     return {"output": "run/checkpoint", "mse": logged_mse(out / "run" / "metrics.jsonl")}
+
+
+@maker("dt-batch")
+def _dt_batch(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """DTs trained at once (dtmerge.train.many), run i in run<i>/; a stopped batch continues."""
+    cfgs = [_train_config(run, {"data": inputs[f"data{i}"]}, out / f"run{i}") for i, run in enumerate(spec["runs"])]
+    train_many(cfgs, resume=True, progress=progress)
+    return {"output": "."}
+
+
+@maker("batched-dt")
+def _batched_dt(spec: dict, inputs: dict, out: Path, progress: bool) -> dict:
+    """One model of a batch, laid out as a `dt` artifact (its files hard-linked, not copied)."""
+    run = out / "run"
+    if run.exists():  # left by a stopped run: link it again
+        shutil.rmtree(run)
+    shutil.copytree(Path(inputs["batch"]) / f"run{spec['index']}", run, copy_function=os.link)
+    return {"output": "run/checkpoint", "mse": logged_mse(run / "metrics.jsonl")}
 
 
 def _train_config(spec: dict, inputs: dict, run: Path) -> TrainConfig:
@@ -205,6 +225,9 @@ def estimate(node: Node, seconds_per_step: float) -> float:
         width = (model.get("n_embd", 128) / 128) ** 2 * model.get("n_layer", 3) / 3
         tasks = sum(name.startswith("data") for name in node.deps)  # a multi-task DT takes a batch per task
         return spec["steps"] * seconds_per_step * width * spec.get("batch_size", 64) / 64 * max(tasks, 1)
+    if node.kind == "dt-batch":  # as long as its models one after another (a GPU may do better)
+        return sum(estimate(Node("dt", run, {"data": node.deps[f"data{i}"]}), seconds_per_step)
+                   for i, run in enumerate(spec["runs"]))
     if node.kind == "dataset":
         return spec["transitions"] / 8000 + 2
     if node.kind == "eval":

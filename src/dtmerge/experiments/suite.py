@@ -11,6 +11,7 @@ from dtmerge.atomic import atomic_path, read_json, write_json
 from dtmerge.data.make import data_home
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments import EXPERIMENTS, runner
+from dtmerge.experiments.batching import batch_trainings
 from dtmerge.experiments.common import SUMMARY_FORMAT
 from dtmerge.experiments.scales import SCALES, Scale
 from dtmerge.experiments.store import Store
@@ -31,11 +32,16 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
 
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int | None = 1, store=None,
               resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
-              executor: str = "local", gpus_per_artifact: float | None = None, log=()) -> Path:
+              executor: str = "local", gpus_per_artifact: float | None = None, log=(),
+              batch_dts: int | None = None) -> Path:
     """Run experiments `names` at a scale, then report them under `out`; `workers` None: one per
     GPU where there are GPUs, else one per core; `log`: loggers that get every artifact's training
-    metrics and evaluation scores (replayed from the store once the run is complete)."""
+    metrics and evaluation scores (replayed from the store once the run is complete); `batch_dts`:
+    DTs differing only in seed trained up to this many at once (None: BATCH_ON_GPU on a GPU, else
+    none)."""
     workers = runner.default_workers() if workers is None else workers
+    if batch_dts is None:
+        batch_dts = BATCH_ON_GPU if runner.this_runtime()["device"] == "cuda" else 0
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
@@ -49,23 +55,34 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
     claim_outputs([out], [store.root], overwrite, resume)  # an --out over the store would replace the store
     if resume and (out / "run.json").is_file():
         saved = json.loads((out / "run.json").read_text())
-        if (saved.get("scale"), saved.get("seeds")) != (scale.name, seeds):
+        if (saved.get("scale"), saved.get("seeds"), saved.get("batch_dts", 0)) != (scale.name, seeds, batch_dts):
             given = lambda n: "no --seeds" if n is None else f"--seeds {n}"  # noqa: E731
-            raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {given(saved.get('seeds'))}; "
-                               f"resume it with the same --scale and --seeds, or choose another --out")
+            raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {given(saved.get('seeds'))} and "
+                               f"--batch-dts {saved.get('batch_dts', 0)}; resume it with the same --scale, --seeds "
+                               "and --batch-dts, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
-    targets = [node for name in names for node in EXPERIMENTS[name].nodes(scale.for_experiment(name)).values()]
+    targets = [node for graph in graphs(names, scale, batch_dts).values() for node in graph.values()]
     check_loggers(log)  # refused before any work, not after hours of it
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite, resume) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
-                                       "store": str(store.root.resolve())})
+                                       "batch_dts": batch_dts, "store": str(store.root.resolve())})
         report(work, echo)
         if log:
             with Loggers(log, work, f"{scale.name}: {', '.join(names)}", {"experiments": names,
                                                                           "scale": scale.name}) as loggers:
                 log_artifacts(loggers, store, runner.all_nodes(targets))
     return out
+
+
+BATCH_ON_GPU = 8  # DTs trained at once on a GPU by default (dtmerge.train.many)
+
+
+def graphs(names: list[str], scale: Scale, batch_dts: int) -> dict[str, dict]:
+    """Each experiment's nodes at its own sizes, with DTs batched as `batch_dts` says (one rewrite
+    over all of them, so a report rebuilds the graph the run made)."""
+    built = [EXPERIMENTS[name].nodes(scale.for_experiment(name)) for name in names]
+    return dict(zip(names, batch_trainings(built, batch_dts)))
 
 
 def log_artifacts(loggers: Loggers, store: Store, nodes) -> None:
@@ -96,9 +113,10 @@ def report(out, echo=print) -> dict:
     saved = json.loads(file.read_text())
     scale, store = scale_of(saved["scale"], saved["seeds"]), Store(saved["store"])
     summaries = {}
+    built = graphs(saved["experiments"], scale, saved.get("batch_dts", 0))
     for name in saved["experiments"]:
         module, sized = EXPERIMENTS[name], scale.for_experiment(name)
-        nodes = module.nodes(sized)
+        nodes = built[name]
         missing = [k for k, n in nodes.items() if not store.done(n)]
         if missing and (out / name / "results.json").is_file():
             summaries[name] = kept_summary(out / name / "results.json", name, sized)
