@@ -28,7 +28,7 @@ LEVELS = ("medium", "medium-expert", "expert")
 FAST = {"lr": 3e-4}  # the faster schedule; run on the expert data only, to the recipe's middle curve step
 LONG = 4  # the long schedule trains this many times the recipe's steps (the DT that falls short of its data)
 LONG_CASES = ("halfcheetah",), ("medium-expert",)
-STYLES = {"recipe": "-", "fast": "--", "original init": "-.", "long": ":"}
+STYLES = {"recipe": "-", "fast": "--", "original init": "-.", "long": (0, (4, 1, 1, 1, 1, 1))}  # data: dotted
 
 
 def schedules(scale: Scale) -> dict:
