@@ -44,22 +44,27 @@ def test_search_runs_reports_and_starts_from_the_equal_weight_merge(tmp_path, ta
     assert again.exit_code != 0 and "exists" in again.output  # never over a finished search without --resume
 
 
+def _stop_at_rollout(cfg: SearchConfig, call: int, monkeypatch) -> None:
+    """Run the search `cfg` with a Ctrl-C at its `call`-th round of rollouts (a stop mid-study)."""
+    real, calls = search.Merger.evaluate, []
+
+    def stop(self, *args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(self, *args)
+    monkeypatch.setattr(search.Merger, "evaluate", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, progress=False)
+    monkeypatch.setattr(search.Merger, "evaluate", real)
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
 def test_a_stopped_search_resumes_as_if_never_stopped(tmp_path, task_models, monkeypatch, sampler):
     whole = run_search(SearchConfig(**_config(tmp_path / "whole", task_models, sampler=sampler, trials=8)),
                        progress=False)
     cfg = SearchConfig(**_config(tmp_path, task_models, sampler=sampler, trials=8))
-    real, calls = search.Merger.evaluate, []
-
-    def stop_on_sixth(self, *args):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(self, *args)
-    monkeypatch.setattr(search.Merger, "evaluate", stop_on_sixth)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, progress=False)
-    monkeypatch.setattr(search.Merger, "evaluate", real)
+    _stop_at_rollout(cfg, 6, monkeypatch)
     assert json.loads((tmp_path / "search" / "search.json").read_text()) == cfg.model_dump()
     resumed = run_search(cfg, resume=True, progress=False)
     def numbers_dropped(summary):  # a stopped trial keeps its number, so later ones are numbered one higher
@@ -160,17 +165,7 @@ def test_a_method_search_resumes_as_if_never_stopped(tmp_path, shared_start, mon
     whole = run_search(SearchConfig(**_method_config(tmp_path / "whole", shared_start, sampler="cmaes", trials=6)),
                        progress=False)
     cfg = SearchConfig(**_method_config(tmp_path, shared_start, sampler="cmaes", trials=6))
-    real, calls = search.Merger.evaluate, []
-
-    def stop_on_fourth(self, *args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(self, *args)
-    monkeypatch.setattr(search.Merger, "evaluate", stop_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(cfg, progress=False)
-    monkeypatch.setattr(search.Merger, "evaluate", real)
+    _stop_at_rollout(cfg, 4, monkeypatch)
     assert run_search(cfg, resume=True, progress=False)["history"] == whole["history"]
 
 
