@@ -59,3 +59,38 @@ def test_runs_that_cannot_train_together_are_refused(tmp_path, task_files):
     hopper = cfgs[0].model_copy(update={"dataset": [str(task_files["hopper"])], "out": str(tmp_path / "h")})
     with pytest.raises(DtmergeError, match="one architecture"):
         train_many([cfgs[0], hopper], progress=False)
+
+
+@pytest.mark.parametrize("stop_in", ["writing", "swapping"])
+def test_a_batch_stopped_while_saving_resumes_from_a_step_every_model_holds(tmp_path, task_files, monkeypatch,
+                                                                            stop_in):
+    """Checkpoints of a batch are written beside the old ones, then swapped in: a stop while writing
+    resumes every model from the previous step, a stop while swapping finishes the swaps."""
+    from dtmerge.train import many
+
+    whole = train_many(_configs(tmp_path / "whole", task_files), progress=False)
+    real_save, real_swap, calls = many._save, many.swap, []
+
+    def save(path, *args):
+        if path.name == many.PENDING and args[-1] == 12:
+            calls.append(path)
+            if stop_in == "writing" and len(calls) == 2:
+                raise KeyboardInterrupt
+        return real_save(path, *args)
+
+    def swap(a, b):
+        if stop_in == "swapping" and calls and len(calls) == 3 and not getattr(swap, "done", False):
+            swap.done = True
+            real_swap(a, b)
+            raise KeyboardInterrupt  # after the first model's swap
+        return real_swap(a, b)
+    monkeypatch.setattr(many, "_save", save)
+    monkeypatch.setattr(many, "swap", swap)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(_configs(tmp_path / "stopped", task_files), progress=False)
+    monkeypatch.setattr(many, "_save", real_save)
+    monkeypatch.setattr(many, "swap", real_swap)
+    resumed = train_many(_configs(tmp_path / "stopped", task_files), resume=True, progress=False)
+    for a, b in zip(whole, resumed):
+        assert all(torch.equal(x, _weights(b)[k]) for k, x in _weights(a).items())
+        assert not (b.parent / many.PENDING).exists()

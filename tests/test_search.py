@@ -203,3 +203,30 @@ def test_the_guides_method_search_config_is_valid():
     cfg = SearchConfig(**yaml.safe_load(block))
     assert cfg.method == "ties" and cfg.space == {"density": (0.1, 1.0), "scale": (0.3, 1.5)}
     assert cfg.reference() == "defaults"
+
+
+def test_cma_es_learns_in_the_unit_cube_whatever_the_ranges():
+    """A space's CMA-ES is the cmaes library's optimiser on the unit cube: it is told the unit
+    points it proposed (not the scaled ones), and the scaled ones stay inside the ranges."""
+    import numpy as np
+    import optuna
+    from cmaes import CMA
+
+    dists = {"a": optuna.distributions.FloatDistribution(0.3, 0.9),
+             "b": optuna.distributions.FloatDistribution(-2.0, 6.0)}
+    low, span = np.array([0.3, -2.0]), np.array([0.6, 8.0])
+    cma = CMA(mean=(np.array([0.5, 1.0]) - low) / span, sigma=1 / 6, bounds=np.array([[0.0, 1.0]] * 2), seed=3)
+    finished, generation = [], []
+    for _ in range(2 * cma.population_size):
+        unit = cma.ask()
+        value = -float(((unit - 0.9) ** 2).sum())
+        params = dict(zip("ab", map(float, np.clip(low + unit * span, low, low + span))))
+        finished.append(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+        generation.append((unit, -value))
+        if len(generation) == cma.population_size:
+            cma.tell(generation)
+            generation = []
+    proposal = search.cma_proposal(3, finished, dists, {"a": 0.5, "b": 1.0}, Path("study.log"))
+    expected = np.clip(low + cma.ask() * span, low, low + span)
+    assert [proposal["a"], proposal["b"]] == pytest.approx(expected.tolist(), rel=1e-12)
+    assert all(dists[k].low <= v <= dists[k].high for k, v in proposal.items())

@@ -236,10 +236,10 @@ def estimate(node: Node, seconds_per_step: float) -> float:
     if node.kind == "lm":
         return spec["steps"] * 6 * seconds_per_step  # a ChibiT step (16 x 256 tokens) costs ~6 DT steps (measured)
     if node.kind == "mff":
-        return len(node.deps) * spec["finetune"]["steps"] * seconds_per_step
+        return sum(n.startswith("model") for n in node.deps) * spec["finetune"]["steps"] * seconds_per_step
     if node.kind == "search":  # every trial rolls out every task; then the held-out report of two merges
         steps = spec.get("max_steps") or 1000
-        per_episode = len(node.deps) * steps * 4e-4
+        per_episode = sum(n.startswith("model") for n in node.deps) * steps * 4e-4
         return spec["trials"] * (2 + spec["episodes"] * per_episode) + 2 * spec["report_episodes"] * per_episode
     if node.kind == "fisher":
         return 2 + spec.get("batches", 4) * spec.get("batch_size", 64) * 0.08

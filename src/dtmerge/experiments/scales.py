@@ -23,8 +23,8 @@ seeds, 8 of the 9 base DTs are shown to reach 90% of their data's mean by 5,000 
 1.08-2.48x; docs/experiments/mini/dt-curves); HalfCheetah medium-expert stays at its medium half's
 level (0.79 [0.73, 0.88]): asked for its medium or its expert half's return, it moves by 2.3 [0.0,
 6.6] points only. Trained to 20,000 steps (one seed) it reaches 1.71x its data and follows the
-return asked for (24.5 against 54.4): this one dataset needs more than 5,000 steps. With the original code's embedding init the
-expert DTs reached 0.06-0.85x by 2,500 steps (one seed).
+return asked for (24.5 against 54.4): this one dataset needs more than 5,000 steps. With the
+original code's embedding init the expert DTs reached 0.06-0.85x by 2,500 steps (one seed).
 lr 3e-4 was no faster where it mattered (HalfCheetah expert 51.0 at 2,500 steps against 54.0).
 A DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.105 s on one thread with native bf16
 (9.5 steps/s per worker with 2 workers, measured in the store), ~0.3 s without (AVX2 only, fp32).

@@ -210,9 +210,10 @@ def method_space(cfg: SearchConfig) -> tuple[dict, dict]:
         distributions[name] = (optuna.distributions.IntDistribution(int(low), int(high)) if whole
                                else optuna.distributions.FloatDistribution(low, high))
         value = cfg.start.get(name, defaults[name].default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or (
+                whole and not float(value).is_integer()):
             raise SearchError(f"space {name}: the first trial's value {value!r} (start, else the method's default) "
-                              f"must be a number in [{low}, {high}]")
+                              f"must be a {'whole ' if whole else ''}number in [{low}, {high}]")
         start[name] = int(value) if whole else float(value)
     if cfg.sampler == "cmaes" and any(isinstance(d, optuna.distributions.IntDistribution)
                                       for d in distributions.values()):
@@ -331,17 +332,21 @@ def cma_proposal(seed: int, finished: list[optuna.trial.FrozenTrial], distributi
     span = np.array([distributions[k].high for k in names], float) - low
     cma = CMA(mean=(np.array([start[k] for k in names], float) - low) / span, sigma=1 / 6,
               bounds=np.array([[0.0, 1.0]] * len(names)), seed=seed)
+    high = low + span
+
+    def scaled(unit):  # clipped: low + 1.0 * span may pass high by a rounding step
+        return np.clip(low + unit * span, low, high)
     generation = []
     for trial in finished:
-        x = low + cma.ask() * span
-        if not np.allclose([trial.params[k] for k in names], x, rtol=1e-9, atol=1e-9):
+        unit = cma.ask()
+        if not np.allclose([trial.params[k] for k in names], scaled(unit), rtol=1e-9, atol=1e-9):
             raise SearchError(f"{log}: trial {trial.number} is not the point CMA-ES proposes with seed {seed}; "
                               "the study was made by another search")
-        generation.append((x, -trial.value))  # cmaes minimises
+        generation.append((unit, -trial.value))  # cmaes minimises, in the unit cube it proposes in
         if len(generation) == cma.population_size:
             cma.tell(generation)
             generation = []
-    return dict(zip(names, map(float, low + cma.ask() * span)))
+    return dict(zip(names, map(float, scaled(cma.ask()))))
 
 
 def reference_trial(study: optuna.Study, reference: dict):

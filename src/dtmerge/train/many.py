@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from dtmerge.atomic import write_json
+from dtmerge.atomic import swap, write_json
 from dtmerge.data import WindowSampler, dataset_files, load_dataset
 from dtmerge.errors import DtmergeError
 from dtmerge.model.gpt import cpu_keep_mask, supplied_masks
@@ -41,7 +43,7 @@ from dtmerge.runtime import (
     runtime_kind,
     seed_everything,
 )
-from dtmerge.store.checkpoint import trunk_sha256
+from dtmerge.store.checkpoint import read_meta, trunk_sha256
 from dtmerge.train.config import TrainConfig
 from dtmerge.train.loop import TaskRun, _restore, _save, _train_state, _truncate_log
 from dtmerge.train.recipe import _start, extra_terms, start_seed
@@ -98,6 +100,8 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
     generators = [np.random.Generator(np.random.PCG64(0)) for _ in runs]
     for g, state in zip(generators, dropout_states):
         g.bit_generator.state = state
+    if resume:
+        _finish_or_drop_pending(run_dirs)
     step, moments = _restore_all(cfgs, runs, run_dirs, samplers, extras, generators, device, precision) \
         if resume else (0, None)
     params, buffers = stack_module_state(models)
@@ -159,13 +163,50 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
                 _unstack(models, params, buffers)
             for i in kept:  # before the checkpoint: a stop between the two repeats this step
                 _save(run_dirs[i] / "snapshots" / f"step-{step}", [models[i]], [metas[i]], None, step)
-            if saving:
+            if saving:  # every model's checkpoint written beside it first, then all swapped in
                 for i in range(len(runs)):
-                    _save(run_dirs[i] / "checkpoint", [models[i]], [metas[i]],
+                    _save(run_dirs[i] / PENDING, [models[i]], [metas[i]],
                           _model_train_state(step, optim, names, i, samplers[i], extras[i], generators[i], device,
                                              precision), step)
+                _swap_in_pending(run_dirs, step)
     bar.close()
     return [d / "checkpoint" for d in run_dirs]
+
+
+PENDING = "checkpoint.pending"  # a model's next checkpoint, until every model of the batch has one
+
+
+def _swap_in_pending(run_dirs: list[Path], step: int) -> None:
+    """Make every model's pending checkpoint of `step` its checkpoint (each swap atomic; a stop
+    between two is finished by `_finish_or_drop_pending`). A pending one of another step is the old
+    checkpoint a stop left there after its swap: it goes."""
+    for d in run_dirs:
+        pending, ckpt = d / PENDING, d / "checkpoint"
+        if not pending.exists():
+            continue
+        if read_meta(pending)["step"] != step:
+            shutil.rmtree(pending)
+        elif ckpt.exists():
+            swap(pending, ckpt)  # pending now holds the old checkpoint
+            shutil.rmtree(pending)
+        else:
+            os.replace(pending, ckpt)
+
+
+def _finish_or_drop_pending(run_dirs: list[Path]) -> None:
+    """After a stop while saving: if every model has its checkpoint of the newest step, pending or
+    swapped in, finish the swaps; otherwise drop the pending ones, so that every model resumes from
+    the step they all hold."""
+    pending = {d: read_meta(d / PENDING)["step"] for d in run_dirs if (d / PENDING).exists()}
+    if not pending:
+        return
+    newest = max(pending.values())
+    saved = {d: read_meta(d / "checkpoint")["step"] if (d / "checkpoint").exists() else 0 for d in run_dirs}
+    if all(pending.get(d) == newest or saved[d] == newest for d in run_dirs):
+        _swap_in_pending(run_dirs, newest)
+    else:
+        for d in pending:
+            shutil.rmtree(d / PENDING)
 
 
 def _dropout_calls(base, model, sampler: WindowSampler, batch_size: int, device) -> list[tuple[tuple, float]]:
