@@ -89,7 +89,7 @@ def log_artifacts(loggers: Loggers, store: Store, nodes) -> None:
     """Each training artifact's metrics.jsonl under `<kind>/<key>`, each evaluation's scores under
     `eval/<key>/<task>/rtg_<target>` (step: the evaluated model's training step)."""
     for node in nodes:
-        if node.kind in ("dt", "lm", "mff"):
+        if node.kind in ("dt", "batched-dt", "lm", "mff"):
             for metrics in sorted(store.path(node).rglob("metrics.jsonl")):
                 for line in metrics.read_text().splitlines():
                     rec = json.loads(line)
