@@ -64,3 +64,17 @@ def test_the_fisher_on_cuda_equals_the_cpu_one(tmp_path, task_models, estimator)
     cpu, gpu = (load_file(tmp_path / d / "fisher.safetensors") for d in ("cpu", "cuda"))
     for k in cpu:
         torch.testing.assert_close(gpu[k], cpu[k], rtol=1e-4, atol=1e-8)
+
+
+def test_a_batched_cuda_run_resumes_exactly(tmp_path, hopper_file):
+    """fit_many on CUDA: its per-model dropout streams are saved and restored like a single run's."""
+    from dtmerge.train.many import train_many
+
+    def cfgs(root, steps):
+        return [_cfg(hopper_file, root / f"s{s}", steps, seed=s) for s in (0, 1)]
+    whole = train_many(cfgs(tmp_path / "a", 6), progress=False)
+    train_many(cfgs(tmp_path / "b", 4), progress=False)
+    resumed = train_many(cfgs(tmp_path / "b", 6), resume=True, progress=False)
+    for x, y in zip(whole, resumed):
+        a, b = load_file(x / "model.safetensors"), load_file(y / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)

@@ -40,6 +40,7 @@ from dtmerge.merge.methods import METHODS, available
 from dtmerge.model.groups import BLOCK_PARTS
 from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs, run_directory
+from dtmerge.runtime import pick_device
 from dtmerge.store.bundle import write_bundle
 from dtmerge.store.checkpoint import load_checkpoint
 from dtmerge.validate import one_line, read_yaml_mapping
@@ -75,6 +76,7 @@ class SearchConfig(BaseModel):
     seed: int = 0
     max_steps: int | None = Field(None, gt=0, description="cap on episode length (quick checks only)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="of the rollouts")
+    device: str = Field("auto", description="of the rollouts: auto (a GPU where there is one), cpu, cuda, ...")
     output: str
 
     @model_validator(mode="after")
@@ -141,13 +143,14 @@ class Merger:
         self.tasks = [m["task"] for m in self.metas]
         if len(set(self.tasks)) != len(self.tasks):
             raise SearchError(f"one model per task, got tasks {self.tasks}")
-        self.models = [m.eval() for m, _ in loaded]
+        self.device = pick_device(cfg.device)
+        self.models = [m.eval().to(self.device) for m, _ in loaded]
         if cfg.align:
             for i, path in enumerate(cfg.models[1:], 1):
                 perms, _, _ = find_permutations(cfg.models[0], path, cfg.align)  # as `merge` aligns
                 self.models[i].load_state_dict(apply_permutation(self.models[i].state_dict(),
                                                                  self.models[i].config, perms))
-        self.states = [{k: v.clone() for k, v in m.state_dict().items()} for m in self.models]
+        self.states = [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in self.models]
         self.units = merge_units(cfg, self.models[0].config)
         n = len(cfg.models)
         if cfg.space:
@@ -185,7 +188,8 @@ class Merger:
         for model, state, meta in zip(self.models, self.states, self.metas):
             model.load_state_dict({**state, **shared})
             r = evaluate(model, get_task(meta["task"]), meta["state_mean"], meta["state_std"], meta["rtg_targets"][:1],
-                         episodes, seed, meta["rtg_scale"], "cpu", precision, progress=False, max_steps=max_steps)
+                         episodes, seed, meta["rtg_scale"], self.device, precision, progress=False,
+                         max_steps=max_steps)
             out[meta["task"]] = (r["targets"][0]["score_mean"], r["targets"][0]["return_mean"])
         return out
 
