@@ -219,7 +219,7 @@ def test_report_again_and_resume_rules(smoke_run):
     assert r.exit_code == 1 and "out exists; pass --overwrite" in r.stderr
     r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--seeds", "2", "--out",
                                   str(root / "out"), "--store", str(root / "store"), "--resume"])
-    assert r.exit_code == 1 and "resume it with the same --scale and --seeds" in r.stderr
+    assert r.exit_code == 1 and "resume it with the same --scale, --seeds and --batch-dts" in r.stderr
     before = sorted(p.relative_to(root) for p in (root / "store").rglob("*"))
     for out in (root / "store", root):  # --out is the store, or holds it
         r = CliRunner().invoke(main, ["experiment", "run", "per-layer", "--scale", "smoke", "--out", str(out),

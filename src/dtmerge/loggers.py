@@ -78,5 +78,6 @@ def _wandb(run_dir: Path, name: str, config: dict):
     run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]  # one W&B run per run directory
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "dtmerge"), name=name, id=run_id, resume="allow",
                      dir=str(run_dir), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                     reinit="finish_previous",  # a run reopened in this process never lands in the last one
                      settings=wandb.Settings(silent=True, console="off"))
     return "wandb", run
