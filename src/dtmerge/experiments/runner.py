@@ -72,13 +72,16 @@ def measured_seconds_per_step(store: Store, runtime: dict) -> float | None:
 
 
 def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node], str]:
-    """The nodes still to make, and a description of the plan: its time from the step rate measured
-    on this kind of device, or the CPU default, said to be unmeasured, before one has run here."""
+    """The nodes still to make, longest chain of work first (`critical_path`: still inputs before
+    what uses them), and a description of the plan: its time from the step rate measured on this
+    kind of device, or the CPU default, said to be unmeasured, before one has run here."""
     nodes = all_nodes(targets)
-    todo = [n for n in nodes if not store.done(n)]
     runtime = this_runtime()
     measured = measured_seconds_per_step(store, runtime)
     per_step = measured or DEFAULT_SECONDS_PER_STEP
+    todo = [n for n in nodes if not store.done(n)]
+    rank = critical_path(todo, per_step)
+    todo.sort(key=lambda n: -rank[n.key])  # an input outranks what uses it: its chain is that one's and more
     device_kind = f"{runtime['device']}/{runtime['precision']}"
     lines = [f"store: {store.root}", f"{len(nodes)} artifacts: {len(nodes) - len(todo)} cached, {len(todo)} to make"]
     kinds = sorted({n.kind for n in nodes})
@@ -152,9 +155,8 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         pool = _RayTasks(threads, workers, gpus_per_artifact) if executor == "ray" else _ProcessPool(workers)
-        rank = critical_path(todo, measured_seconds_per_step(store, this_runtime()) or DEFAULT_SECONDS_PER_STEP)
         try:
-            _schedule(store, sorted(todo, key=lambda n: -rank[n.key]), workers, threads, pool, bar)
+            _schedule(store, todo, workers, threads, pool, bar)
         except BaseException:
             pool.close(stop_running=True)  # Ctrl-C or SIGTERM: stop the workers' artifacts too
             raise

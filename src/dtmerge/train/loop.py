@@ -67,13 +67,11 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
     names = [r.meta["task"] for r in runs]
     trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad] + extra.parameters()
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    samplers = [WindowSampler(r.traj, r.model.config.context_len, r.state_mean, r.state_std, cfg.rtg_scale,
-                              r.model.config.max_ep_len, seed=cfg.seed + i) for i, r in enumerate(runs)]
+    samplers = [task_sampler(cfg, r, cfg.seed + i) for i, r in enumerate(runs)]
     step = 0
     if resume and ckpt.exists():
         step = _restore(ckpt, cfg, runs, optim, samplers, extra, device, precision)
-    metas = [{**r.meta, "state_mean": np.asarray(r.state_mean).tolist(), "state_std": np.asarray(r.state_std).tolist(),
-              "rtg_scale": cfg.rtg_scale, "seed": cfg.seed, "train_config": cfg.model_dump()} for r in runs]
+    metas = [checkpoint_meta(cfg, r) for r in runs]
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", {**cfg.model_dump(), "runtime": runtime_kind(device, precision)})
     _truncate_log(run_dir / "metrics.jsonl", step)
@@ -124,6 +122,19 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
                 _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device, precision), step)
     bar.close()
     return ckpt
+
+
+def task_sampler(cfg: TrainConfig, run: TaskRun, seed: int) -> WindowSampler:
+    """The training windows of one task of a run."""
+    return WindowSampler(run.traj, run.model.config.context_len, run.state_mean, run.state_std, cfg.rtg_scale,
+                         run.model.config.max_ep_len, seed=seed)
+
+
+def checkpoint_meta(cfg: TrainConfig, run: TaskRun) -> dict:
+    """What a task's checkpoints record beyond its weights (the step is added at each save)."""
+    return {**run.meta, "state_mean": np.asarray(run.state_mean).tolist(),
+            "state_std": np.asarray(run.state_std).tolist(), "rtg_scale": cfg.rtg_scale, "seed": cfg.seed,
+            "train_config": cfg.model_dump()}
 
 
 def _save(ckpt: Path, models, metas, train_state: dict, step: int) -> None:

@@ -30,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import swap, write_json
-from dtmerge.data import WindowSampler, dataset_files, load_dataset
+from dtmerge.data import dataset_files, load_dataset
 from dtmerge.errors import DtmergeError
 from dtmerge.model.gpt import cpu_keep_mask, supplied_masks
 from dtmerge.outputs import claim_outputs, run_directory
@@ -45,7 +45,7 @@ from dtmerge.runtime import (
 )
 from dtmerge.store.checkpoint import read_meta, trunk_sha256
 from dtmerge.train.config import TrainConfig
-from dtmerge.train.loop import TaskRun, _restore, _save, _train_state, _truncate_log
+from dtmerge.train.loop import TaskRun, _restore, _save, _train_state, _truncate_log, checkpoint_meta, task_sampler
 from dtmerge.train.recipe import _start, extra_terms, start_seed
 
 PER_MODEL = {"seed", "dataset", "out", "init_seed", "keep_steps", "task", "init"}  # what may differ between them
@@ -95,8 +95,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
         raise DtmergeError(f"{run_dirs[0]}: models trained together need one architecture and the same state and "
                            "action sizes")
     extras = [extra_terms(c, m, device) for c, m in zip(cfgs, models)]  # no terms: kept for the train state
-    samplers = [WindowSampler(r.traj, r.model.config.context_len, r.state_mean, r.state_std, cfg.rtg_scale,
-                              r.model.config.max_ep_len, seed=c.seed) for c, r in zip(cfgs, runs)]
+    samplers = [task_sampler(c, r, c.seed) for c, r in zip(cfgs, runs)]
     generators = [np.random.Generator(np.random.PCG64(0)) for _ in runs]
     for g, state in zip(generators, dropout_states):
         g.bit_generator.state = state
@@ -109,8 +108,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
     optim = torch.optim.AdamW([params[n] for n in names], lr=cfg.lr, weight_decay=cfg.weight_decay)
     if moments:
         _stack_moments(optim, moments)
-    metas = [{**r.meta, "state_mean": np.asarray(r.state_mean).tolist(), "state_std": np.asarray(r.state_std).tolist(),
-              "rtg_scale": c.rtg_scale, "seed": c.seed, "train_config": c.model_dump()} for c, r in zip(cfgs, runs)]
+    metas = [checkpoint_meta(c, r) for c, r in zip(cfgs, runs)]
     for c, d in zip(cfgs, run_dirs):
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / "config.json", {**c.model_dump(), "runtime": runtime_kind(device, precision),
@@ -118,7 +116,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
         _truncate_log(d / "metrics.jsonl", step)
 
     base = copy.deepcopy(models[0]).to("meta").train()
-    calls = _dropout_calls(base, models[0], samplers[0], cfg.batch_size, device)
+    calls = _dropout_calls(models[0], samplers[0].K, cfg.batch_size, device)
 
     def forward(p, b, states, actions, rtg, timesteps, mask, keep):
         masks = iter(keep)
@@ -134,8 +132,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
         while step < cfg.steps:
             batches = [s.sample(cfg.batch_size, device) for s in samplers]
             batch = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
-            keep = [torch.stack([_keep_mask(g, i, shape, p, device) for i, g in enumerate(generators)])
-                    for shape, p in calls]
+            keep = [torch.stack([_keep_mask(g, shape, p, device) for g in generators]) for shape, p in calls]
             lr = cfg.lr * min((step + 1) / cfg.warmup_steps, 1.0)
             for group in optim.param_groups:
                 group["lr"] = lr
@@ -164,9 +161,10 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
             for i in kept:  # before the checkpoint: a stop between the two repeats this step
                 _save(run_dirs[i] / "snapshots" / f"step-{step}", [models[i]], [metas[i]], None, step)
             if saving:  # every model's checkpoint written beside it first, then all swapped in
+                moments = optim.state_dict()
                 for i in range(len(runs)):
                     _save(run_dirs[i] / PENDING, [models[i]], [metas[i]],
-                          _model_train_state(step, optim, names, i, samplers[i], extras[i], generators[i], device,
+                          _model_train_state(step, moments, i, samplers[i], extras[i], generators[i], device,
                                              precision), step)
                 _swap_in_pending(run_dirs, step)
     bar.close()
@@ -209,7 +207,7 @@ def _finish_or_drop_pending(run_dirs: list[Path]) -> None:
             shutil.rmtree(d / PENDING)
 
 
-def _dropout_calls(base, model, sampler: WindowSampler, batch_size: int, device) -> list[tuple[tuple, float]]:
+def _dropout_calls(model, K: int, batch_size: int, device) -> list[tuple[tuple, float]]:
     """The (shape, p) of every dropout in one training forward, in call order (from a dry forward on
     zeros of the batch's shape: no generator is drawn from)."""
     calls = []
@@ -217,7 +215,7 @@ def _dropout_calls(base, model, sampler: WindowSampler, batch_size: int, device)
     def record(shape, p):
         calls.append((tuple(shape), p))
         return torch.ones(shape, dtype=torch.bool, device=device)
-    K, cfg = sampler.K, model.config
+    cfg = model.config
     zeros = (torch.zeros(batch_size, K, cfg.state_dim, device=device), torch.zeros(batch_size, K, cfg.act_dim,
                                                                                    device=device),
              torch.zeros(batch_size, K, 1, device=device), torch.zeros(batch_size, K, dtype=torch.long, device=device),
@@ -228,9 +226,9 @@ def _dropout_calls(base, model, sampler: WindowSampler, batch_size: int, device)
     return calls
 
 
-def _keep_mask(generator: np.random.Generator, index: int, shape, p: float, device) -> torch.Tensor:
-    """Model `index`'s next keep-mask: on a CPU the one its own run would draw; on CUDA from a torch
-    generator seeded from its numpy stream (the device's own stream cannot be split per model)."""
+def _keep_mask(generator: np.random.Generator, shape, p: float, device) -> torch.Tensor:
+    """A model's next keep-mask from its dropout stream: on a CPU the one its own run would draw; on
+    CUDA from a torch generator seeded from that stream (the device's own cannot be split per model)."""
     if device.type != "cuda":
         return cpu_keep_mask(generator, shape, p)
     g = torch.Generator(device).manual_seed(int(generator.integers(0, 2**63)))
@@ -258,12 +256,11 @@ def _unstack(models, params: dict, buffers: dict) -> None:
             m.load_state_dict({**{n: p[i] for n, p in params.items()}, **{n: b[i] for n, b in buffers.items()}})
 
 
-def _model_train_state(step, optim, names, index, sampler, extra, generator, device, precision) -> dict:
-    """Model `index`'s train state exactly as a single run saves it: its slice of the AdamW moments
-    under a single model's parameter numbering, its sampler and dropout streams."""
-    solo = torch.optim.AdamW([torch.empty(0)], lr=optim.defaults["lr"])
+def _model_train_state(step, full: dict, index, sampler, extra, generator, device, precision) -> dict:
+    """Model `index`'s train state exactly as a single run saves it: its slice of the stacked AdamW
+    state `full` under a single model's parameter numbering, its sampler and dropout streams."""
+    solo = torch.optim.AdamW([torch.empty(0)])
     state = _train_state(step, solo, [sampler], extra, device, precision)
-    full = optim.state_dict()
     state["optimizer"] = {"param_groups": full["param_groups"],
                           "state": {j: {k: (v[index].clone() if torch.is_tensor(v) and v.dim() else v)
                                         for k, v in s.items()} for j, s in full["state"].items()}}
