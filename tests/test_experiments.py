@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dtmerge.cli import main
+from dtmerge.errors import DtmergeError
 from dtmerge.experiments import EXPERIMENTS, common, runner
 from dtmerge.experiments import store as store_module
 from dtmerge.experiments.runner import all_nodes
@@ -93,6 +94,24 @@ def test_tables_three_and_four_share_their_own_mini_sizes():
                if n.kind == "dt")
 
 
+def test_the_dataset_that_needs_more_steps_gets_them_where_the_recipe_applies():
+    """mini trains HalfCheetah medium-expert 20,000 steps (dt-curves: it learns its return conditioning
+    only after 10,000) in Table I; dt-curves still measures it at the recipe's steps, beside its long
+    schedule; everything else keeps the recipe's steps."""
+    mini = SCALES["mini"]
+
+    def steps(name):
+        return {(n.deps["data"].spec["task"], n.deps["data"].spec["level"], n.spec["steps"])
+                for n in all_nodes(list(EXPERIMENTS[name].nodes(mini.for_experiment(name)).values()))
+                if n.kind == "dt" and "data" in n.deps and "init" not in n.deps}
+    table1 = steps("attention-perturb")
+    assert ("halfcheetah", "medium-expert", 20_000) in table1
+    assert all(s == mini.steps for t, lv, s in table1 if (t, lv) != ("halfcheetah", "medium-expert"))
+    curves = steps("dt-curves")
+    assert {("halfcheetah", "medium-expert", mini.steps), ("halfcheetah", "medium-expert", 20_000)} <= curves
+    assert {s for t, lv, s in curves if lv == "medium-expert" and t != "halfcheetah"} == {mini.steps}
+
+
 def test_a_second_run_makes_nothing_again(smoke_run):
     root, _ = smoke_run
     store = Store(root / "store")
@@ -106,7 +125,7 @@ def test_a_second_run_makes_nothing_again(smoke_run):
 
 def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     """Make part of the graph (as a run stopped midway would have), then the rest: only the rest is made."""
-    scale = SCALES["smoke"]
+    scale = SCALES["smoke"].on(runner.this_runtime())  # as a run here resolves it
     store_root = tmp_path / "store"
     targets = list(EXPERIMENTS["incremental"].nodes(scale).values())
     from dtmerge.experiments.runner import run
@@ -126,6 +145,26 @@ def test_keys_follow_every_setting():
     assert a.key == Node("dt", {"seed": 0, "steps": 10}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 1}, {"data": Node("dataset", {"task": "hopper"})}).key
     assert a.key != Node("dt", {"steps": 10, "seed": 0}, {"data": Node("dataset", {"task": "walker2d"})}).key
+
+
+def test_the_runtime_is_in_the_keys_and_a_resume_on_another_is_refused(tmp_path, monkeypatch):
+    """Models trained or rolled out on a GPU in bf16 never answer for a CPU's fp32 ones: the resolved
+    device and precision are in every such spec, run.json records them, and --resume checks them."""
+    smoke, mini = SCALES["smoke"], SCALES["mini"]
+    cpu, gpu = {"device": "cpu", "precision": "fp32"}, {"device": "cuda", "precision": "bf16"}
+    assert mini.on(gpu).runtime() == gpu and smoke.on(gpu).runtime() == {"device": "cuda", "precision": "fp32"}
+    on_cpu, on_gpu = (all_nodes(list(EXPERIMENTS["lm-init"].nodes(smoke.on(r)).values())) for r in (cpu, gpu))
+    runs = {"dt", "eval", "mff", "lm", "search"}
+    keys = lambda nodes, kinds: {n.key for n in nodes if n.kind in kinds}  # noqa: E731
+    assert keys(on_cpu, runs) and not keys(on_cpu, runs) & keys(on_gpu, runs)
+    assert keys(on_cpu, {"dataset", "corpus"}) == keys(on_gpu, {"dataset", "corpus"})  # no device in them
+    out = tmp_path / "out"
+    run_suite(["incremental"], "smoke", out, store=tmp_path / "store", progress=False, echo=lambda *_: None)
+    here = runner.this_runtime()
+    assert json.loads((out / "run.json").read_text())["runtime"] == here
+    monkeypatch.setattr(runner, "this_runtime", lambda: {**here, "device": "cuda"})
+    with pytest.raises(DtmergeError, match=f"made on {here['device']}/{here['precision']}.*this machine runs cuda/"):
+        run_suite(["incremental"], "smoke", out, store=tmp_path / "store", resume=True, progress=False, batch_dts=0)
 
 
 def test_a_revised_kind_gets_new_keys_and_no_other_does(monkeypatch):
@@ -354,7 +393,7 @@ def test_batched_dts_train_together_and_match_their_single_runs(tmp_path):
 
     from dtmerge.experiments.batching import batch_trainings
 
-    scale = SCALES["smoke"]
+    scale = SCALES["smoke"].on(runner.this_runtime())
     graph = EXPERIMENTS["incremental"].nodes(dataclasses.replace(scale, seeds=2))
     batched = batch_trainings([graph], 8)[0]
     kinds = {n.kind for target in batched.values() for n in target.walk()}

@@ -70,7 +70,7 @@ def nodes(scale: Scale) -> dict:
         for align in ("none", "weights"):
             spec = {"select": ["attn", "mlp"], "granularity": "group", "trials": scale.search_trials,
                     "episodes": max(1, scale.episodes // 2), "report_episodes": scale.episodes, "sampler": "tpe",
-                    "seed": seed, "max_steps": scale.max_steps, "precision": scale.precision,
+                    "seed": seed, "max_steps": scale.max_steps, **scale.runtime(),
                     **({"align": align} if align != "none" else {})}
             out[f"search|{align}|{seed}"] = Node("search", spec, deps(TASKS))
             mff = Node("mff", {"merge": _merge(["attn", "mlp"], align), "finetune": scale.finetune_spec(seed)},

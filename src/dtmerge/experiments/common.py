@@ -23,8 +23,10 @@ def dataset(scale: Scale, task: str, level: str) -> Node:
 
 
 def dt(scale: Scale, task: str, level: str, seed: int, **extra) -> Node:
-    """A single-task DT at the scale's recipe (`extra`: settings that differ, such as `init_seed`)."""
-    return Node("dt", scale.train_spec(seed, **extra), {"data": dataset(scale, task, level)})
+    """A single-task DT at the scale's recipe, trained longer where its dataset needs it (the scale's
+    `dataset_steps`); `extra`: settings that differ, such as `init_seed`, or `steps` to train exactly."""
+    steps = {"steps": scale.dataset_steps[f"{task}-{level}"]} if f"{task}-{level}" in scale.dataset_steps else {}
+    return Node("dt", scale.train_spec(seed, **{**steps, **extra}), {"data": dataset(scale, task, level)})
 
 
 def shared_start_dt(scale: Scale, task: str, level: str, seed: int) -> Node:
@@ -54,7 +56,7 @@ def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False, 
         -> Node:
     """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target (or `targets`)."""
     spec = {"episodes": scale.episodes, "seed": REPORT_EVAL_SEED, "targets": targets or [TASKS[task].rtg_targets[0]],
-            "max_steps": scale.max_steps, "precision": scale.precision}
+            "max_steps": scale.max_steps, **scale.runtime()}
     return Node("eval", {**spec, "task": task} if bundle_task else spec, {"model": model})
 
 

@@ -40,7 +40,7 @@ def schedules(scale: Scale) -> dict:
     fast_steps = steps[:max(1, len(steps) - 1)]
     long_steps = [scale.steps, 2 * scale.steps, LONG * scale.steps]
     long = {"steps": long_steps[-1], "keep_steps": [*steps, *long_steps[1:-1]]}
-    return {"recipe": (TASKS, LEVELS, steps, {}, scale.seeds),
+    return {"recipe": (TASKS, LEVELS, steps, {"steps": scale.steps}, scale.seeds),  # every dataset, the same steps
             "fast": (TASKS, ("expert",), fast_steps, {**FAST, "steps": fast_steps[-1]}, scale.seeds),
             "original init": (TASKS, ("expert",), fast_steps, {"embed_init": "original", "steps": fast_steps[-1]}, 1),
             "long": (*LONG_CASES, long_steps, long, 1)}

@@ -40,7 +40,7 @@ def corpus() -> Node:
 
 
 def language_model(scale: Scale) -> Node:
-    return Node("lm", {"seed": 0, **scale.lm}, {"corpus": corpus()})
+    return Node("lm", {"seed": 0, **scale.runtime(), **scale.lm}, {"corpus": corpus()})
 
 
 def lm_dt(scale: Scale, task: str, level: str, variant: str, seed: int) -> Node:

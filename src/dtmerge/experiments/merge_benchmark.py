@@ -99,7 +99,7 @@ def _merge(scale: Scale, method: str, deps: dict[str, Node], seed: int) -> Node:
         return Node("search", {"select": SELECT, "method": method, "space": space, "start": start,
                                "trials": scale.search_trials, "episodes": max(1, scale.episodes // 2),
                                "report_episodes": scale.episodes, "seed": seed, "max_steps": scale.max_steps,
-                               "precision": scale.precision}, deps)
+                               **scale.runtime()}, deps)
     return Node("merge", {"select": SELECT, "method": method, "format": "bundle"}, deps)
 
 

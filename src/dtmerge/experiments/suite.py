@@ -40,8 +40,9 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
     DTs differing only in seed trained up to this many at once (None: BATCH_ON_GPU on a GPU, else
     none)."""
     workers = runner.default_workers() if workers is None else workers
+    runtime = runner.this_runtime()
     if batch_dts is None:
-        batch_dts = BATCH_ON_GPU if runner.this_runtime()["device"] == "cuda" else 0
+        batch_dts = BATCH_ON_GPU if runtime["device"] == "cuda" else 0
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
@@ -50,7 +51,7 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
     if executor not in ("local", "ray"):
         raise DtmergeError(f"unknown executor {executor!r}: local or ray")
     out = Path(out)
-    scale = scale_of(scale_name, seeds)
+    scale = scale_of(scale_name, seeds).on(runtime)
     store = Store(store or data_home() / "store")
     claim_outputs([out], [store.root], overwrite, resume)  # an --out over the store would replace the store
     if resume and (out / "run.json").is_file():
@@ -60,13 +61,17 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
             raise DtmergeError(f"{out}: holds a {saved.get('scale')} run with {given(saved.get('seeds'))} and "
                                f"--batch-dts {saved.get('batch_dts', 0)}; resume it with the same --scale, --seeds "
                                "and --batch-dts, or choose another --out")
+        if saved.get("runtime", runtime) != runtime:
+            raise DtmergeError(f"{out}: holds a run made on {saved['runtime']['device']}/"
+                               f"{saved['runtime']['precision']}, and this machine runs {runtime['device']}/"
+                               f"{runtime['precision']}; resume it on such a machine, or choose another --out")
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for graph in graphs(names, scale, batch_dts).values() for node in graph.values()]
     check_loggers(log)  # refused before any work, not after hours of it
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite, resume) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
-                                       "batch_dts": batch_dts, "store": str(store.root.resolve())})
+                                       "batch_dts": batch_dts, "runtime": runtime, "store": str(store.root.resolve())})
         report(work, echo)
         if log:
             with Loggers(log, work, f"{scale.name}: {', '.join(names)}", {"experiments": names,
@@ -112,6 +117,8 @@ def report(out, echo=print) -> dict:
         raise DtmergeError(f"{file}: file not found; `dtmerge experiment run ... --out {out}` writes it")
     saved = json.loads(file.read_text())
     scale, store = scale_of(saved["scale"], saved["seeds"]), Store(saved["store"])
+    if "runtime" in saved:  # else a run from before it was recorded: its artifacts are under older keys
+        scale = scale.on(saved["runtime"])
     summaries = {}
     built = graphs(saved["experiments"], scale, saved.get("batch_dts", 0))
     for name in saved["experiments"]:

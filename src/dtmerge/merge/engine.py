@@ -23,7 +23,7 @@ from safetensors import safe_open
 from dtmerge.errors import DtmergeError
 from dtmerge.merge.align import ALIGN_METHODS, align_checkpoint
 from dtmerge.merge.fisher import read_fisher_meta
-from dtmerge.merge.methods import METHODS, available
+from dtmerge.merge.methods import METHODS, method_taking
 from dtmerge.merge.regmean import read_grams
 from dtmerge.model import DTConfig
 from dtmerge.model.selectors import resolve_mergeable
@@ -74,14 +74,7 @@ class _Inputs:
     """The models of a merge, opened lazily as safetensors files, with their metadata checked."""
 
     def __init__(self, cfg: MergeConfig):
-        methods = available()
-        if cfg.method not in methods:
-            raise MergeError(f"unknown method {cfg.method!r}; methods: {', '.join(methods)}")
-        self.method = methods[cfg.method]
-        unknown = set(cfg.params) - set(self.method.params)
-        if unknown:
-            raise MergeError(f"method {cfg.method} takes {list(self.method.params) or 'no parameters'}, "
-                             f"not {sorted(unknown)}")
+        self.method = method_taking(cfg.method, cfg.params, MergeError)
         hints = typing.get_type_hints(self.method.fn)
         for key, value in cfg.params.items():
             try:

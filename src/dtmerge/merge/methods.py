@@ -52,6 +52,17 @@ def available() -> dict[str, Method]:
     return METHODS
 
 
+def method_taking(name: str, params, error: type[Exception]) -> Method:
+    """The method `name`, checked to take every parameter in `params` (else `error`, naming both)."""
+    methods = available()
+    if name not in methods:
+        raise error(f"unknown method {name!r}; methods: {', '.join(methods)}")
+    unknown = set(params) - set(methods[name].params)
+    if unknown:
+        raise error(f"method {name} takes {list(methods[name].params) or 'no parameters'}, not {sorted(unknown)}")
+    return methods[name]
+
+
 @register("interpolate", params=("alpha",))
 def interpolate(tensors, alpha: float = 0.5):
     """(1 - alpha) * target + alpha * source: 0.5 averages, 1 swaps in the source's weights.

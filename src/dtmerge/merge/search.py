@@ -36,7 +36,7 @@ from dtmerge.errors import DtmergeError
 from dtmerge.evaluate import evaluate
 from dtmerge.merge.align import ALIGN_METHODS, apply_permutation, find_permutations
 from dtmerge.merge.engine import MergeConfig, MergeError, merged_tensors
-from dtmerge.merge.methods import METHODS, available
+from dtmerge.merge.methods import METHODS, method_taking
 from dtmerge.model.groups import BLOCK_PARTS
 from dtmerge.model.selectors import resolve_mergeable
 from dtmerge.outputs import claim_outputs, run_directory
@@ -197,15 +197,8 @@ class Merger:
 def method_space(cfg: SearchConfig) -> tuple[dict, dict]:
     """optuna distributions of the searched parameters (int ones by the method's type hints) and the
     first trial's values: `start`, else the method's defaults, which must lie in the space."""
-    methods = available()
-    if cfg.method not in methods:
-        raise SearchError(f"unknown method {cfg.method!r}; methods: {', '.join(methods)}")
-    fn = methods[cfg.method].fn
+    fn = method_taking(cfg.method, cfg.space, SearchError).fn
     hints, defaults = typing.get_type_hints(fn), inspect.signature(fn).parameters
-    unknown = set(cfg.space) - set(methods[cfg.method].params)
-    if unknown:
-        raise SearchError(f"method {cfg.method} takes {list(methods[cfg.method].params) or 'no parameters'}, "
-                          f"not {sorted(unknown)}")
     distributions, start = {}, {}
     for name, (low, high) in cfg.space.items():
         whole = hints[name] is int

@@ -30,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from dtmerge.atomic import swap, write_json
-from dtmerge.data import dataset_files, load_dataset
+from dtmerge.data import dataset_files
 from dtmerge.errors import DtmergeError
 from dtmerge.model.gpt import cpu_keep_mask, supplied_masks
 from dtmerge.outputs import claim_outputs, run_directory
@@ -41,12 +41,11 @@ from dtmerge.runtime import (
     pick_device,
     resolve_precision,
     runtime_kind,
-    seed_everything,
 )
 from dtmerge.store.checkpoint import read_meta, trunk_sha256
 from dtmerge.train.config import TrainConfig
 from dtmerge.train.loop import TaskRun, _restore, _save, _train_state, _truncate_log, checkpoint_meta, task_sampler
-from dtmerge.train.recipe import _start, extra_terms, start_seed
+from dtmerge.train.recipe import extra_terms, single_task_start
 
 PER_MODEL = {"seed", "dataset", "out", "init_seed", "keep_steps", "task", "init"}  # what may differ between them
 
@@ -69,9 +68,7 @@ def train_many(cfgs: list[TrainConfig], resume: bool = False, progress: bool = T
                       False, resume)
     runs = []
     for cfg in cfgs:
-        traj, task = load_dataset(cfg.dataset[0], cfg.task)
-        seed_everything(cfg.seed)  # as `train` does: the run's start and dropout stream come from its seed
-        run = _start(cfg, cfg.dataset[0], traj, task, start_seed(cfg, [task.name]))
+        run = single_task_start(cfg)
         run.meta.update(frozen=[], init_trunk_sha256=trunk_sha256(run.model.state_dict()))
         runs.append((run, dropout_rng().bit_generator.state))
     with ExitStack() as stack:

@@ -61,14 +61,20 @@ def save_start(cfg: TrainConfig, path) -> Path:
     model's task vector is measured from. Its trunk hash is the run's `init_trunk_sha256`."""
     if len(cfg.dataset) != 1:
         raise DtmergeError("a start checkpoint is of a single-task run: give one dataset")
-    traj, task = load_dataset(cfg.dataset[0], cfg.task)
-    seed_everything(cfg.seed)
-    run = _start(cfg, cfg.dataset[0], traj, task, start_seed(cfg, [task.name]))
+    run = single_task_start(cfg)
     meta = {**run.meta, "state_mean": np.asarray(run.state_mean).tolist(),
             "state_std": np.asarray(run.state_std).tolist(), "rtg_scale": cfg.rtg_scale, "seed": cfg.seed,
             "train_config": cfg.model_dump(), "frozen": [], "step": 0,
             "init_trunk_sha256": trunk_sha256(run.model.state_dict())}
     return save_checkpoint(path, run.model, meta)
+
+
+def single_task_start(cfg: TrainConfig) -> TaskRun:
+    """A single-task run of `cfg` at step 0, as `train` starts it: the global seed set from the
+    run seed (its dropout stream starts there), the weights from `start_seed`."""
+    traj, task = load_dataset(cfg.dataset[0], cfg.task)
+    seed_everything(cfg.seed)
+    return _start(cfg, cfg.dataset[0], traj, task, start_seed(cfg, [task.name]))
 
 
 def start_seed(cfg: TrainConfig, tasks: list[str]) -> int:
