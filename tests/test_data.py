@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from dtmerge.data import DatasetError, Trajectories, WindowSampler, load_dataset, read_d4rl, read_minari, write_d4rl
 from dtmerge.data.rollout import random_policy, rollout
@@ -92,6 +93,18 @@ def test_window_sampler_pads_on_the_left_at_trajectory_ends(hopper_traj):
     np.testing.assert_allclose(b["returns_to_go"].numpy()[mask][:, 0],
                                hopper_traj.returns_to_go()[rows[mask]] / 1000.0, rtol=1e-5)
     np.testing.assert_array_equal(b["timesteps"].numpy()[mask], hopper_traj.timesteps()[rows[mask]])
+
+
+def test_the_device_gather_makes_the_numpy_batch_exactly(hopper_traj):
+    """Off the CPU a batch is gathered from arrays kept on the device; the numbers are the same
+    bits, dtypes and shapes as numpy's (checked on the CPU, the path's own code)."""
+    mean, std = hopper_traj.state_stats()
+    sampler = WindowSampler(hopper_traj, 20, mean, std, seed=3)
+    rows, mask = sampler.indices(64)
+    here, there = sampler.gather(rows, mask), sampler.gather_on_device(rows, mask, torch.device("cpu"))
+    assert set(here) == set(there)
+    for k in here:
+        assert here[k].dtype == there[k].dtype and torch.equal(here[k], there[k]), k
 
 
 def test_window_sampler_weights_trajectories_by_length():

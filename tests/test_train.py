@@ -42,6 +42,45 @@ def test_resume_ends_with_the_same_weights(tmp_path, hopper_file):
         train(_cfg(hopper_file, tmp_path / "b", lr=5e-4, steps=9), resume=True, progress=False)
 
 
+def test_the_masked_loss_has_the_indexed_means_gradient_bit_for_bit():
+    """action_mse avoids boolean indexing (a host-device sync per step on a GPU) and changes no
+    gradient: the same bits as err[mask].mean()'s."""
+    from dtmerge.train.loop import action_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(8, 10, 3, generator=g, requires_grad=True)
+    batch = {"actions": torch.randn(8, 10, 3, generator=g), "mask": torch.rand(8, 10, generator=g) > 0.3}
+    action_mse(pred, batch).backward()
+    ours, pred.grad = pred.grad, None
+    ((pred - batch["actions"]) ** 2)[batch["mask"]].mean().backward()
+    assert torch.equal(ours, pred.grad)
+
+
+def test_a_diverging_run_names_its_first_bad_step_and_leaves_nothing(tmp_path, hopper_file):
+    """Non-finite gradients are caught at the next log or save step (no host-device sync each
+    step), named by the first step they appeared at, before anything is logged or saved."""
+    from dtmerge.errors import DtmergeError
+
+    with pytest.raises(DtmergeError, match=r"step [1-4]: the loss or its gradient is not finite"):
+        train(_cfg(hopper_file, tmp_path / "run", lr=1e30, warmup_steps=1, log_every=4, save_every=4, steps=8),
+              progress=False)
+    assert not (tmp_path / "run").exists()  # it failed before its first checkpoint: nothing left
+
+
+def test_the_finite_watch_names_each_runs_first_bad_step():
+    from dtmerge.errors import DtmergeError
+    from dtmerge.train.loop import FiniteWatch
+
+    watch = FiniteWatch(torch.device("cpu"), ["a", "b"])
+    watch.watch(torch.tensor([1.0, 2.0]), 1)
+    watch.check()  # all finite: nothing raised
+    watch.watch(torch.tensor([1.0, float("inf")]), 2)
+    watch.watch(torch.tensor([float("nan"), float("nan")]), 3)
+    with pytest.raises(DtmergeError, match="^a: step 3: "):  # runs are named in order, each at its own first
+        watch.check()
+    assert watch.first_bad.tolist() == [3, 2]
+
+
 def test_same_seed_same_run_other_seed_other_run(tmp_path, hopper_file):
     runs = [train(_cfg(hopper_file, tmp_path / f"r{i}", steps=3, seed=s), progress=False)
             for i, s in enumerate((1, 1, 2))]

@@ -2,7 +2,9 @@
 
 A trajectory is drawn with probability proportional to its length, a start step uniformly inside
 it, and the K steps from there (fewer near the end) are left-padded: states 0, actions -10,
-returns-to-go 0, timesteps 0, mask 0. The whole batch is one gather over the flat arrays.
+returns-to-go 0, timesteps 0, mask 0. The whole batch is one gather over the flat arrays: on the
+CPU in numpy; on another device from a copy of the arrays put there once, so that only the drawn
+row indices travel each step (drawn in numpy either way, so a resumed run draws the same).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class WindowSampler:
         self.rtg = (traj.returns_to_go() / rtg_scale).astype(np.float32)
         self.timesteps = np.minimum(traj.timesteps(), max_ep_len - 1).astype(np.int64)
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._on_device: dict[str, torch.Tensor] = {}
 
     def indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat row index of every window slot (B, K) and the mask of real (unpadded) slots."""
@@ -41,6 +44,10 @@ class WindowSampler:
 
     def sample(self, batch_size: int, device="cpu") -> dict[str, torch.Tensor]:
         rows, mask = self.indices(batch_size)
+        device = torch.device(device)
+        return self.gather_on_device(rows, mask, device) if device.type != "cpu" else self.gather(rows, mask)
+
+    def gather(self, rows: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
         m = mask[..., None]
         batch = {
             "states": np.where(m, self.states[rows], 0.0).astype(np.float32),
@@ -49,7 +56,22 @@ class WindowSampler:
             "timesteps": np.where(mask, self.timesteps[rows], 0),
             "mask": mask,
         }
-        return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+    def gather_on_device(self, rows: np.ndarray, mask: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        """`gather`'s batch, gathered on `device` from the arrays kept there (the same numbers)."""
+        if not self._on_device or self._on_device["states"].device != device:
+            self._on_device = {name: torch.from_numpy(getattr(self, name)).to(device)
+                               for name in ("states", "actions", "rtg", "timesteps")}
+        data = self._on_device
+        pinned = device.type == "cuda"  # a non-blocking copy from page-locked memory
+        rows_t, mask_t = (torch.from_numpy(a).pin_memory() if pinned else torch.from_numpy(a) for a in (rows, mask))
+        rows_t, mask_t = rows_t.to(device, non_blocking=pinned), mask_t.to(device, non_blocking=pinned)
+        m = mask_t.unsqueeze(-1)
+        return {"states": torch.where(m, data["states"][rows_t], 0.0),
+                "actions": torch.where(m, data["actions"][rows_t], ACTION_PAD),
+                "returns_to_go": torch.where(m, data["rtg"][rows_t].unsqueeze(-1), 0.0),
+                "timesteps": torch.where(mask_t, data["timesteps"][rows_t], 0), "mask": mask_t}
 
     def get_state(self) -> dict:
         return self.rng.bit_generator.state

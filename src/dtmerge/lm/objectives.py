@@ -29,8 +29,9 @@ def cos_to_centres_loss(embeddings: torch.Tensor, centres: torch.Tensor, mask: t
     """-mean over tokens of max_c cos(e, c); embeddings (..., H), centres (C, H), mask (...) of real tokens."""
     sim = F.normalize(embeddings.float(), dim=-1) @ F.normalize(centres.float(), dim=-1).T
     best = sim.max(dim=-1).values
-    if mask is not None:
-        return -best[mask].mean()
+    if mask is not None:  # a masked mean, not best[mask]: boolean indexing waits for the GPU
+        weights = mask.to(best.dtype)
+        return -(best * weights).sum() / weights.sum()
     return -best.mean()
 
 
@@ -43,7 +44,7 @@ def l2_to_reference(params: dict[str, torch.Tensor], reference: dict[str, torch.
     """sum_n ||theta_n - ref_n||_F ("fro", the original's) or sum_n ||theta_n - ref_n||^2 ("squared")."""
     if norm not in ("fro", "squared"):
         raise ValueError(f"norm must be fro or squared, not {norm!r}")
-    diffs = [params[n] - reference[n].to(params[n].device) for n in reference]
+    diffs = [params[n] - reference[n] for n in reference]
     if norm == "fro":  # vector_norm has a zero (sub)gradient at zero distance; sqrt(sum(x^2)) would give NaN
         return torch.stack([torch.linalg.vector_norm(d) for d in diffs]).sum()
     return torch.stack([d.pow(2).sum() for d in diffs]).sum()
@@ -126,16 +127,17 @@ class ExtraTerms:
 
     The L_2 reference is the trunk's blocks as they were at the start (the LM's weights for an LM
     init), as in the original code; L_cos reads the DT's input embeddings (the `embed_ln` output
-    that enters the trunk) through a forward hook.
+    that enters the trunk) through a forward hook. The reference and the centres are put on the
+    training `device` once, not copied there every step.
     """
 
     def __init__(self, model, cos_weight: float = 0.0, cos_until: int = 5000, centres=None,
                  l2_weight: float = 0.0, l2_norm: str = "fro", lm_weight: float = 0.0,
-                 lm: LMCoTraining | None = None):
+                 lm: LMCoTraining | None = None, device="cpu"):
         self.cos_weight, self.cos_until, self.l2_weight, self.l2_norm = cos_weight, cos_until, l2_weight, l2_norm
         self.lm_weight, self.lm = lm_weight, lm
-        self.centres = centres
-        self.reference = {n: p.detach().clone() for n, p in model.named_parameters()
+        self.centres = None if centres is None else centres.to(device)
+        self.reference = {n: p.detach().to(device, copy=True) for n, p in model.named_parameters()
                           if n.startswith("transformer.h.")} if l2_weight else {}
         self._embeddings = None
         if cos_weight:
@@ -149,7 +151,7 @@ class ExtraTerms:
         if self.cos_weight:
             token_mask = mask.repeat_interleave(3, dim=1)
             weight = self.cos_weight * sigmoid_decay(step, self.cos_until)
-            terms["cos"] = weight * cos_to_centres_loss(self._embeddings, self.centres.to(mask.device), token_mask)
+            terms["cos"] = weight * cos_to_centres_loss(self._embeddings, self.centres, token_mask)
         if self.lm_weight:
             terms["lm"] = self.lm_weight * self.lm.loss(model)
         if self.l2_weight:

@@ -66,7 +66,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
     models = [r.model.to(device) for r in runs]
     names = [r.meta["task"] for r in runs]
     trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad] + extra.parameters()
-    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = adamw(trainable, cfg, device)
     samplers = [task_sampler(cfg, r, cfg.seed + i) for i, r in enumerate(runs)]
     step = 0
     if resume and ckpt.exists():
@@ -80,6 +80,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
         m.train()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {'+'.join(names)}", unit="step", disable=not progress)
     t_last, step_last = time.perf_counter(), step
+    finite = FiniteWatch(device, [run_dir])
     with open(run_dir / "metrics.jsonl", "a") as log, Loggers(cfg.log, run_dir, "+".join(names),
                                                              cfg.model_dump()) as loggers:
         while step < cfg.steps:
@@ -91,21 +92,22 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
             for m, b in zip(models, batches):
                 with autocast(device, precision):
                     pred = m(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
-                mses.append(((pred.float() - b["actions"]) ** 2)[b["mask"]].mean())
+                mses.append(action_mse(pred, b))
             mse = torch.stack(mses).sum()  # the original multi-task code summed the tasks' losses
             terms = extra(step, models[0], batches[0]["mask"])
             loss = mse + sum(terms.values())
             optim.zero_grad(set_to_none=True)
             loss.backward()
-            try:
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip, error_if_nonfinite=True)
-            except RuntimeError:
-                raise DtmergeError(f"{run_dir}: step {step + 1}: the loss or its gradient is not finite "
-                                   f"(loss {loss.detach().item():.4g}); lower --lr, or check the data") from None
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            finite.watch(grad_norm.reshape(1), step + 1)
             optim.step()
             step += 1
             bar.update()
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            saving = step % cfg.save_every == 0 or step == cfg.steps
+            if logging or saving or step in cfg.keep_steps:
+                finite.check()  # before anything is logged or saved
+            if logging:
                 now = time.perf_counter()
                 rec = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        **({f"mse_{n}": v.item() for n, v in zip(names, mses)} if len(runs) > 1 else {}),
@@ -118,10 +120,46 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if step in cfg.keep_steps:  # before the checkpoint: a stop between the two repeats this step
                 _save(run_dir / "snapshots" / f"step-{step}", models, metas, None, step)
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if saving:
                 _save(ckpt, models, metas, _train_state(step, optim, samplers, extra, device, precision), step)
     bar.close()
     return ckpt
+
+
+def action_mse(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The DT loss: mean squared action error over the real (unpadded) slots. Written as a masked
+    mean, not `err[mask].mean()`, whose boolean indexing makes the host wait for a GPU every step
+    (the gradients are the same bits)."""
+    err = (pred.float() - batch["actions"]) ** 2
+    weights = batch["mask"].unsqueeze(-1).to(err.dtype)
+    return (err * weights).sum() / (weights.sum() * err.shape[-1])
+
+
+def adamw(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """The optimiser; on CUDA the fused kernel (one launch for every tensor), elsewhere the default."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                             **({"fused": True} if device.type == "cuda" else {}))
+
+
+class FiniteWatch:
+    """Catches a non-finite gradient norm without a host-device sync per step: the first step of
+    each run whose norm is not finite is kept on the device, and `check` (at log and save steps,
+    before anything is written) raises, naming it. The weights after that step are not finite,
+    so they are never saved; the last checkpoint is from before it."""
+
+    def __init__(self, device: torch.device, run_dirs: list[Path]):
+        self.run_dirs = run_dirs
+        self.first_bad = torch.zeros(len(run_dirs), dtype=torch.long, device=device)  # 0: none yet
+
+    def watch(self, norms: torch.Tensor, step: int) -> None:
+        newly = (self.first_bad == 0) & ~torch.isfinite(norms)
+        self.first_bad = torch.where(newly, step, self.first_bad)
+
+    def check(self) -> None:
+        for run_dir, step in zip(self.run_dirs, self.first_bad.tolist()):
+            if step:
+                raise DtmergeError(f"{run_dir}: step {step}: the loss or its gradient is not finite; lower --lr, "
+                                   "or check the data")
 
 
 def task_sampler(cfg: TrainConfig, run: TaskRun, seed: int) -> WindowSampler:

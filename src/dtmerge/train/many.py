@@ -44,7 +44,18 @@ from dtmerge.runtime import (
 )
 from dtmerge.store.checkpoint import read_meta, trunk_sha256
 from dtmerge.train.config import TrainConfig
-from dtmerge.train.loop import TaskRun, _restore, _save, _train_state, _truncate_log, checkpoint_meta, task_sampler
+from dtmerge.train.loop import (
+    FiniteWatch,
+    TaskRun,
+    _restore,
+    _save,
+    _train_state,
+    _truncate_log,
+    action_mse,
+    adamw,
+    checkpoint_meta,
+    task_sampler,
+)
 from dtmerge.train.recipe import extra_terms, single_task_start
 
 PER_MODEL = {"seed", "dataset", "out", "init_seed", "keep_steps", "task", "init"}  # what may differ between them
@@ -102,7 +113,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
         if resume else (0, None)
     params, buffers = stack_module_state(models)
     names = list(params)
-    optim = torch.optim.AdamW([params[n] for n in names], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optim = adamw([params[n] for n in names], cfg, device)
     if moments:
         _stack_moments(optim, moments)
     metas = [checkpoint_meta(c, r) for c, r in zip(cfgs, runs)]
@@ -124,6 +135,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {len(runs)} DTs at once", unit="step",
                disable=not progress)
     t_last, step_last = time.perf_counter(), step
+    finite = FiniteWatch(device, run_dirs)
     with ExitStack() as stack:
         logs = [stack.enter_context(open(d / "metrics.jsonl", "a")) for d in run_dirs]
         while step < cfg.steps:
@@ -136,14 +148,20 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
             with autocast(device, precision):
                 pred = stacked(params, buffers, batch["states"], batch["actions"], batch["returns_to_go"],
                                batch["timesteps"], batch["mask"], keep)
-            mses = [((pred[i].float() - b["actions"]) ** 2)[b["mask"]].mean() for i, b in enumerate(batches)]
+            mses = [action_mse(pred[i], b) for i, b in enumerate(batches)]
             optim.zero_grad(set_to_none=True)
             torch.stack(mses).sum().backward()  # each model's parameters get its own loss's gradient
-            norms = _clip_per_model([params[n].grad for n in names], cfg.grad_clip, run_dirs, step)
+            norms = _clip_per_model([params[n].grad for n in names], cfg.grad_clip)
+            finite.watch(norms, step + 1)
             optim.step()
             step += 1
             bar.update()
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            saving = step % cfg.save_every == 0 or step == cfg.steps
+            kept = [i for i, c in enumerate(cfgs) if step in c.keep_steps]
+            if logging or saving or kept:
+                finite.check()  # before anything is logged or saved
+            if logging:
                 now = time.perf_counter()
                 for i, log in enumerate(logs):
                     rec = {"step": step, "loss": mses[i].item(), "mse": mses[i].item(), "lr": lr,
@@ -151,8 +169,6 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 t_last, step_last = now, step
-            saving = step % cfg.save_every == 0 or step == cfg.steps
-            kept = [i for i, c in enumerate(cfgs) if step in c.keep_steps]
             if saving or kept:
                 _unstack(models, params, buffers)
             for i in kept:  # before the checkpoint: a stop between the two repeats this step
@@ -232,14 +248,10 @@ def _keep_mask(generator: np.random.Generator, shape, p: float, device) -> torch
     return torch.rand(shape, generator=g, device=device) >= p
 
 
-def _clip_per_model(grads: list[torch.Tensor], max_norm: float, run_dirs: list[Path], step: int) -> torch.Tensor:
+def _clip_per_model(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """`clip_grad_norm_` for each model's slice of the stacked gradients; returns their norms."""
     norms = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads])
     total = torch.linalg.vector_norm(norms, dim=0)
-    bad = [str(d) for d, ok in zip(run_dirs, torch.isfinite(total).tolist()) if not ok]
-    if bad:
-        raise DtmergeError(f"{bad[0]}: step {step + 1}: the loss or its gradient is not finite; lower --lr, or check "
-                           "the data")
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(coef.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))

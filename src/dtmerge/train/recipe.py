@@ -138,4 +138,5 @@ def extra_terms(cfg: TrainConfig, model, device) -> ExtraTerms:
                 raise DtmergeError(f"lm_seq_len {cfg.lm_seq_len} exceeds the {rows} rows of the timestep embedding "
                                    f"that positions its tokens; use --lm-seq-len {rows} or less")
             lm = LMCoTraining(lm_dir, cfg.lm_corpus, cfg.lm_seq_len, cfg.lm_batch_size, cfg.seed, device)
-    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm, cfg.lm_weight, lm)
+    return ExtraTerms(model, cfg.cos_weight, cfg.cos_until, centres, cfg.l2_weight, cfg.l2_norm, cfg.lm_weight, lm,
+                      device)
