@@ -24,6 +24,7 @@ from dtmerge.data.rollout import random_policy, rollout
 from dtmerge.envs import get_task
 from dtmerge.model import DecisionTransformer, DTConfig
 from dtmerge.runtime import autocast, resolve_precision
+from dtmerge.train.loop import action_mse, adamw
 
 
 def original_get_batch(trajs, p, batch_size, K, mean, std, rng, scale=1000.0, max_ep_len=1000):
@@ -88,8 +89,9 @@ class OriginalDT(torch.nn.Module):
 
 
 def time_steps(model, get_batch, precision, steps, warmup=5):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    """The step as `dtmerge train` takes it: its loss (a masked mean) and its optimiser."""
     device = torch.device("cpu")
+    opt = adamw(model.parameters(), 1e-4, 1e-4, device)
     times, sample_times = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
@@ -97,7 +99,7 @@ def time_steps(model, get_batch, precision, steps, warmup=5):
         t1 = time.perf_counter()
         with autocast(device, precision):
             pred = model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
-        loss = ((pred.float() - b["actions"]) ** 2)[b["mask"]].mean()
+        loss = action_mse(pred, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
@@ -118,7 +120,7 @@ def share_of_matmul_peak(cfg: DTConfig, batch: dict, steps_per_s: float, repeats
     model = DecisionTransformer(cfg).train()
     with FlopCounterMode(display=False) as counter:
         pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
-        ((pred - batch["actions"]) ** 2)[batch["mask"]].mean().backward()
+        action_mse(pred, batch).backward()
     flops = counter.get_total_flops()
     rows = batch["states"].shape[0] * batch["states"].shape[1] * 3
     peak = 0.0

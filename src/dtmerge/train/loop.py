@@ -66,7 +66,7 @@ def fit(cfg: TrainConfig, runs: list[TaskRun], run_dir: Path, extra, resume: boo
     models = [r.model.to(device) for r in runs]
     names = [r.meta["task"] for r in runs]
     trainable = [p for p in torch.nn.ModuleList(models).parameters() if p.requires_grad] + extra.parameters()
-    optim = adamw(trainable, cfg, device)
+    optim = adamw(trainable, cfg.lr, cfg.weight_decay, device)
     samplers = [task_sampler(cfg, r, cfg.seed + i) for i, r in enumerate(runs)]
     step = 0
     if resume and ckpt.exists():
@@ -135,9 +135,9 @@ def action_mse(pred: torch.Tensor, batch: dict) -> torch.Tensor:
     return (err * weights).sum() / (weights.sum() * err.shape[-1])
 
 
-def adamw(params, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
     """The optimiser; on CUDA the fused kernel (one launch for every tensor), elsewhere the default."""
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                              **({"fused": True} if device.type == "cuda" else {}))
 
 

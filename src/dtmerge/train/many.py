@@ -113,7 +113,7 @@ def fit_many(cfgs: list[TrainConfig], runs: list[TaskRun], run_dirs: list[Path],
         if resume else (0, None)
     params, buffers = stack_module_state(models)
     names = list(params)
-    optim = adamw([params[n] for n in names], cfg, device)
+    optim = adamw([params[n] for n in names], cfg.lr, cfg.weight_decay, device)
     if moments:
         _stack_moments(optim, moments)
     metas = [checkpoint_meta(c, r) for c, r in zip(cfgs, runs)]
