@@ -4,7 +4,8 @@ and each is charged only for the artifacts no earlier one made (the expert DTs o
 example, are charged to Fig. 2a and reused by Fig. 3 and Tables I and II); `all` is what the
 experiment costs alone, from an empty store. Artifacts made before timing was recorded take the mean
 of timed ones of the same kind and training steps, and are counted; artifacts not made yet are
-estimated as `dtmerge experiment run` estimates them, and counted too.
+estimated as `dtmerge experiment run` estimates them, and counted too. The artifacts are those a
+run on this machine makes (its device kind and precision are in their keys).
 
     python benchmarks/mini_cost.py [--scale mini] [--store DIR] [--workers 2]
 """
@@ -24,7 +25,7 @@ from common import report  # noqa: E402
 from dtmerge.data.make import data_home  # noqa: E402
 from dtmerge.experiments import EXPERIMENTS  # noqa: E402
 from dtmerge.experiments.artifacts import estimate  # noqa: E402
-from dtmerge.experiments.runner import all_nodes, measured_seconds_per_step  # noqa: E402
+from dtmerge.experiments.runner import all_nodes, measured_seconds_per_step, this_runtime  # noqa: E402
 from dtmerge.experiments.scales import SCALES  # noqa: E402
 from dtmerge.experiments.store import Node, Store  # noqa: E402
 
@@ -40,7 +41,7 @@ def main():
     ap.add_argument("--store", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=2, help="for the wall-clock column: seconds / workers")
     args = ap.parse_args()
-    scale, store = SCALES[args.scale], Store(args.store or data_home() / "store")
+    scale, store = SCALES[args.scale].on(this_runtime()), Store(args.store or data_home() / "store")
     nodes = {name: all_nodes(list(module.nodes(scale.for_experiment(name)).values()))
              for name, module in EXPERIMENTS.items()}
 

@@ -111,6 +111,11 @@ def test_the_dataset_that_needs_more_steps_gets_them_where_the_recipe_applies():
     assert {("halfcheetah", "medium-expert", mini.steps), ("halfcheetah", "medium-expert", 20_000)} <= curves
     assert {s for t, lv, s in curves if lv == "medium-expert" and t != "halfcheetah"} == {mini.steps}
 
+    def long_dts(name):
+        return {n.key for n in all_nodes(list(EXPERIMENTS[name].nodes(mini.for_experiment(name)).values()))
+                if n.kind == "dt" and n.spec["steps"] == 20_000 and n.spec["seed"] == 0}
+    assert long_dts("dt-curves") == long_dts("attention-perturb")  # one run: trained once, measured and merged
+
 
 def test_a_second_run_makes_nothing_again(smoke_run):
     root, _ = smoke_run
@@ -300,6 +305,8 @@ def test_ray_executor_gives_the_numbers_of_the_local_one(tmp_path):
         results[executor] = json.loads((tmp_path / executor / "incremental" / "results.json").read_text())["curves"]
     assert not ray.is_initialized()  # the instance the run started is shut down again
     assert results["ray"] == results["local"]
+    ran_on = [json.loads((tmp_path / e / "run.json").read_text())["runtime"] for e in ("local", "ray")]
+    assert ran_on[0] == ran_on[1] == runner.this_runtime()  # Ray's is asked of a task with the training resources
 
 
 def test_the_searchs_equal_weight_merge_is_the_plain_average(smoke_run):

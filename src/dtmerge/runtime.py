@@ -89,6 +89,15 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def host_to_device(array: np.ndarray, device) -> torch.Tensor:
+    """A numpy array as a tensor on `device`; to a GPU from page-locked memory without blocking,
+    so that sending a step's indices does not make the host wait."""
+    tensor, device = torch.from_numpy(array), torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def runtime_kind(device: torch.device, precision: str) -> dict:
     """What a run's numbers depend on beyond its config: the device kind and the precision it
     resolved to (`auto` may mean bf16 on one machine and fp32 on another)."""

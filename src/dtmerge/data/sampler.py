@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dtmerge.data.trajectories import Trajectories
+from dtmerge.runtime import host_to_device
 
 ACTION_PAD = -10.0
 
@@ -29,7 +30,7 @@ class WindowSampler:
         self.rtg = (traj.returns_to_go() / rtg_scale).astype(np.float32)
         self.timesteps = np.minimum(traj.timesteps(), max_ep_len - 1).astype(np.int64)
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        self._on_device: dict[str, torch.Tensor] = {}
+        self._on_device: tuple[str, dict[str, torch.Tensor]] | None = None  # (device asked for, arrays there)
 
     def indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat row index of every window slot (B, K) and the mask of real (unpadded) slots."""
@@ -60,13 +61,11 @@ class WindowSampler:
 
     def gather_on_device(self, rows: np.ndarray, mask: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """`gather`'s batch, gathered on `device` from the arrays kept there (the same numbers)."""
-        if not self._on_device or self._on_device["states"].device != device:
-            self._on_device = {name: torch.from_numpy(getattr(self, name)).to(device)
-                               for name in ("states", "actions", "rtg", "timesteps")}
-        data = self._on_device
-        pinned = device.type == "cuda"  # a non-blocking copy from page-locked memory
-        rows_t, mask_t = (torch.from_numpy(a).pin_memory() if pinned else torch.from_numpy(a) for a in (rows, mask))
-        rows_t, mask_t = rows_t.to(device, non_blocking=pinned), mask_t.to(device, non_blocking=pinned)
+        if self._on_device is None or self._on_device[0] != str(device):  # "cuda" is not "cuda:0" to torch
+            self._on_device = (str(device), {name: torch.from_numpy(getattr(self, name)).to(device)
+                                             for name in ("states", "actions", "rtg", "timesteps")})
+        data = self._on_device[1]
+        rows_t, mask_t = host_to_device(rows, device), host_to_device(mask, device)
         m = mask_t.unsqueeze(-1)
         return {"states": torch.where(m, data["states"][rows_t], 0.0),
                 "actions": torch.where(m, data["actions"][rows_t], ACTION_PAD),

@@ -23,10 +23,22 @@ def dataset(scale: Scale, task: str, level: str) -> Node:
 
 
 def dt(scale: Scale, task: str, level: str, seed: int, **extra) -> Node:
-    """A single-task DT at the scale's recipe, trained longer where its dataset needs it (the scale's
-    `dataset_steps`); `extra`: settings that differ, such as `init_seed`, or `steps` to train exactly."""
-    steps = {"steps": scale.dataset_steps[f"{task}-{level}"]} if f"{task}-{level}" in scale.dataset_steps else {}
-    return Node("dt", scale.train_spec(seed, **{**steps, **extra}), {"data": dataset(scale, task, level)})
+    """A single-task DT at the scale's recipe (`extra`: settings that differ, such as `init_seed`,
+    or `steps` to train exactly that long), trained longer where its dataset needs it (the scale's
+    `dataset_steps`)."""
+    settings = extra if "steps" in extra else {**longer(scale, task, level), **extra}
+    return Node("dt", scale.train_spec(seed, **settings), {"data": dataset(scale, task, level)})
+
+
+def longer(scale: Scale, task: str, level: str) -> dict:
+    """The settings of a DT whose dataset needs more than the recipe's steps (`dataset_steps`): its
+    steps, and its weights kept at the recipe's curve steps, at the recipe's own end and at each
+    doubling of it, so that what the extra steps bought can be read off the same run."""
+    steps = scale.dataset_steps.get(f"{task}-{level}")
+    if steps is None:
+        return {}
+    doublings = [scale.steps * 2 ** k for k in range(steps.bit_length()) if scale.steps * 2 ** k < steps]
+    return {"steps": steps, "keep_steps": [s for s in scale.curve_steps if s < scale.steps] + doublings}
 
 
 def shared_start_dt(scale: Scale, task: str, level: str, seed: int) -> Node:

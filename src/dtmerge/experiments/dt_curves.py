@@ -11,7 +11,9 @@ the second), and the long schedule trains the DT that falls short (HalfCheetah m
 times the recipe's steps, on one seed.
 
 The recipe's curve is read off the very DTs the other experiments merge: every DT of a scale keeps
-its weights at the scale's `curve_steps` (snapshots), so the curve costs only evaluations."""
+its weights at the scale's `curve_steps` (snapshots), so the curve costs only evaluations. Where a
+scale trains a dataset longer (`dataset_steps`: HalfCheetah medium-expert at mini), the other
+experiments merge the long schedule's DT, and the recipe's curve is of DTs trained for it alone."""
 
 from __future__ import annotations
 

@@ -58,8 +58,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     base = common.base_models(scale, results, {
         **{f"multi-task on {t} medium": (t, "medium", f"Multi-Task Medium|{t}") for t in TASKS},
         **{f"finetuned {t} expert": (t, "expert", f"Finetuned Experts|{t}") for t in TASKS}})
-    improved = {t: common.summarise(f - m for f, m in zip(cells[f"Fisher Merge|{t}"]["values"],
-                                                           cells[f"Multi-Task Medium|{t}"]["values"])) for t in TASKS}
+
     shape = {**scale.model, **scale.multitask_model}
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean [95% bootstrap interval] over {scale.seeds} seed(s), "
              f"{scale.episodes} episodes each (scale {scale.name}; multi-task model {shape.get('n_embd', 128)} wide, "
@@ -84,8 +83,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
         ax.set_title(TITLE + f" ({scale.name}; bars: 95% interval)", fontsize=9)
         ax.legend(fontsize=7)
 
-    return common.publish(out, NAME, scale, {"cells": cells, "gain": gain, "improved": improved, "base_models": base},
-                          table, draw, paper=PAPER)
+    return common.publish(out, NAME, scale, {"cells": cells, "gain": gain, "base_models": base}, table, draw,
+                          paper=PAPER)
 
 
 def findings(summary: dict) -> list[dict]:
@@ -95,7 +94,8 @@ def findings(summary: dict) -> list[dict]:
     unmet = common.unmet(summary["base_models"]) or (
         f"finetuning did not improve on the multi-task model (finetuned - multi-task: {', '.join(not_gained)})"
         if not_gained else None)
-    improved = summary["improved"]
+    improved = {t: common.summarise(f - m for f, m in zip(cells[f"Fisher Merge|{t}"]["values"],
+                                                           cells[f"Multi-Task Medium|{t}"]["values"])) for t in TASKS}
     return [common.finding("Finetune-then-merge with Fisher weights beats a direct merge (Table V).",
                            f"task average: Fisher {common.task_average(cells, 'Fisher Merge'):.1f}, direct "
                            f"{common.task_average(cells, 'Direct Merge'):.1f}; Fisher - direct per seed "

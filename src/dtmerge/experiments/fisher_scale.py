@@ -84,7 +84,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
 def findings(summary: dict) -> list[dict]:
     """Fisher can only beat direct averaging where direct MFF lost something: a merge that keeps the
     initial score leaves nothing to recover, so that is a precondition beside the base models'."""
-    cells, avg = summary["cells"], summary["averages"]
+    cells = summary["cells"]
+    avg = {m: common.summarise(common.seed_averages(cells, m)) for m in ("Direct", "Fisher")}
     diff = common.paired_difference(cells, "Fisher", "Direct")
     loss = common.paired_difference(cells, "initial", "Direct")
     unmet = common.unmet(summary["base_models"])

@@ -40,7 +40,8 @@ def corpus() -> Node:
 
 
 def language_model(scale: Scale) -> Node:
-    return Node("lm", {"seed": 0, **scale.runtime(), **scale.lm}, {"corpus": corpus()})
+    on = scale.runtime() if scale.device != "auto" else {}  # unresolved: the LM's spec as it was (no runtime)
+    return Node("lm", {"seed": 0, **on, **scale.lm}, {"corpus": corpus()})
 
 
 def lm_dt(scale: Scale, task: str, level: str, variant: str, seed: int) -> Node:
@@ -98,8 +99,9 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
     averages = {f"{lv}|{c}": common.summarise(common.seed_averages(cells, f"{lv}|{c}")) for lv in levels
                 for c in COLUMNS}
     unmerged = [c for c in COLUMNS if c not in ("Multi", "Single")]
-    base = common.base_models(scale, results, {f"{c} {t} {lv}": (t, lv, f"{lv}|{c} unmerged|{t}")
-                                               for lv in levels for c in unmerged for t in TASKS})
+    base = common.base_models(scale, results, {
+        **{f"{c} {t} {lv}": (t, lv, f"{lv}|{c} unmerged|{t}") for lv in levels for c in unmerged for t in TASKS},
+        **{f"Multi {t} {lv}": (t, lv, f"{lv}|Multi|{t}") for lv in levels for t in TASKS}})
     paper = lambda lv, c, i: f" ({PAPER[lv][c][i]})" if c in PAPER[lv] else ""  # noqa: E731
     table = [f"# {TITLE}", "", f"{SCORE_LABEL} score, mean [95% bootstrap interval] over {scale.seeds} seed(s), "
              f"{scale.episodes} episodes each (scale {scale.name}; DTs trained {scale.steps} steps; LM pre-trained "
@@ -166,5 +168,5 @@ def findings(summary: dict) -> list[dict]:
                                                                      for a, d in diffs.items()),
                 common.every(common.versus(d, 0.0) for d in diffs.values()),
                 "agrees if both intervals of the per-seed difference of task averages lie above 0, disagrees if "
-                "either lies below", unmet(level, "ChibiT", "ChibiT_R")))
+                "either lies below", unmet(level, "ChibiT", "ChibiT_R", "Multi")))
     return out

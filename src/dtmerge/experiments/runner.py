@@ -45,6 +45,20 @@ def this_runtime() -> dict:
     return runtime_kind(device, resolve_precision("auto", device))
 
 
+def executor_runtime(executor: str, workers: int, gpus_per_artifact: float | None) -> dict:
+    """The device kind and precision the artifacts that train or roll out will be made on: this
+    machine's for the local pool; for Ray, what a task declaring the GPUs such an artifact declares
+    finds (a CPU-only head may drive GPU workers, and the other way round)."""
+    if executor != "ray":
+        return this_runtime()
+    pool = _RayTasks(1, workers, gpus_per_artifact)
+    try:
+        probe = pool.ray.remote(num_cpus=1, num_gpus=pool.gpus)(this_runtime)
+        return pool.ray.get(probe.remote())
+    finally:
+        pool.close()
+
+
 def made_on(run: Path) -> dict:
     """The runtime a DT run in the store recorded (config.json); runs from before it was recorded
     trained on a CPU, in a precision not recorded."""

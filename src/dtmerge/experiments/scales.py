@@ -24,8 +24,9 @@ seeds, 8 of the 9 base DTs are shown to reach 90% of their data's mean by 5,000 
 level (0.79 [0.73, 0.88]): asked for its medium or its expert half's return, it moves by 2.3 [0.0,
 6.6] points only. Trained to 20,000 steps (one seed) it reaches 1.71x its data and follows the
 return asked for (24.5 against 54.4): this one dataset needs more than 5,000 steps, so at mini its
-DTs train 20,000 (`dataset_steps`; warmup and kept steps as the recipe's) in every experiment but
-dt-curves, which measures all nine datasets at the recipe's 5,000 and this one at its long schedule. With the
+DTs train 20,000 (`dataset_steps`; the recipe's warmup, weights kept at its curve steps, at its
+5,000 and at 10,000: the very DT dt-curves' long schedule trains) in Table I; dt-curves also measures
+all nine datasets at the recipe's 5,000, and Tables III and IV keep one budget for all their models. With the
 original code's embedding init the expert DTs reached 0.06-0.85x by 2,500 steps (one seed).
 lr 3e-4 was no faster where it mattered (HalfCheetah expert 51.0 at 2,500 steps against 54.0).
 A DT step (batch 64, 128 wide, 3 layers, K 20) costs ~0.105 s on one thread with native bf16
@@ -85,8 +86,11 @@ class Scale:
         return dataclasses.replace(self, device=runtime["device"], precision=precision)
 
     def runtime(self) -> dict:
-        """The device and precision fields of a spec that trains or rolls out."""
-        return {"device": self.device, "precision": self.precision}
+        """The device and precision fields of a spec that trains or rolls out. A scale not resolved
+        by `on` (a run.json from before runs recorded their runtime) gives what specs held then, the
+        precision alone, so such a run's report finds its artifacts under the keys they were made with."""
+        return {"device": self.device, "precision": self.precision} if self.device != "auto" else \
+            {"precision": self.precision}
 
     def for_experiment(self, name: str) -> "Scale":
         """This scale as experiment `name` runs it (its own sizes where `sized` gives them)."""

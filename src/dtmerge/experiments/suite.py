@@ -40,9 +40,6 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
     DTs differing only in seed trained up to this many at once (None: BATCH_ON_GPU on a GPU, else
     none)."""
     workers = runner.default_workers() if workers is None else workers
-    runtime = runner.this_runtime()
-    if batch_dts is None:
-        batch_dts = BATCH_ON_GPU if runtime["device"] == "cuda" else 0
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
         raise DtmergeError(f"unknown experiment(s) {unknown or names}; experiments: {', '.join(EXPERIMENTS)}")
@@ -50,6 +47,9 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
         raise DtmergeError(f"--workers must be at least 1, got {workers}")
     if executor not in ("local", "ray"):
         raise DtmergeError(f"unknown executor {executor!r}: local or ray")
+    runtime = runner.executor_runtime(executor, workers, gpus_per_artifact)
+    if batch_dts is None:
+        batch_dts = BATCH_ON_GPU if runtime["device"] == "cuda" else 0
     out = Path(out)
     scale = scale_of(scale_name, seeds).on(runtime)
     store = Store(store or data_home() / "store")

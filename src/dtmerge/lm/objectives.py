@@ -22,6 +22,7 @@ from dtmerge.atomic import atomic_path, file_sha256
 from dtmerge.data.make import data_home
 from dtmerge.lm.gpt2 import read_gpt2
 from dtmerge.lm.pretrain import tokenize_corpus
+from dtmerge.runtime import host_to_device
 from dtmerge.store.checkpoint import read_tensors
 
 
@@ -107,7 +108,7 @@ class LMCoTraining:
 
     def loss(self, model) -> torch.Tensor:
         starts = self.rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
-        ids = torch.from_numpy(self.tokens[starts[:, None] + np.arange(self.seq_len)]).to(self.device)
+        ids = host_to_device(self.tokens[starts[:, None] + np.arange(self.seq_len)], self.device)
         pos = torch.arange(self.seq_len, device=self.device)
         h = model.transformer(self.wte[ids] + model.embed_timestep(pos))
         logits = h[:, :-1] @ self.wte.T

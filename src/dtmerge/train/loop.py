@@ -156,10 +156,12 @@ class FiniteWatch:
         self.first_bad = torch.where(newly, step, self.first_bad)
 
     def check(self) -> None:
-        for run_dir, step in zip(self.run_dirs, self.first_bad.tolist()):
-            if step:
-                raise DtmergeError(f"{run_dir}: step {step}: the loss or its gradient is not finite; lower --lr, "
-                                   "or check the data")
+        """Raise for the run that went bad first, if any did."""
+        bad = [(step, run_dir) for run_dir, step in zip(self.run_dirs, self.first_bad.tolist()) if step]
+        if bad:
+            step, run_dir = min(bad, key=lambda b: b[0])
+            raise DtmergeError(f"{run_dir}: step {step}: the loss or its gradient is not finite; lower --lr, "
+                               "or check the data")
 
 
 def task_sampler(cfg: TrainConfig, run: TaskRun, seed: int) -> WindowSampler:
