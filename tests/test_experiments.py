@@ -217,6 +217,52 @@ def test_a_base_model_below_its_data_makes_the_verdicts_inconclusive():
     assert "| walker2d | 100.0 | 50.0 [" in "\n".join(common.base_table(rows))
 
 
+LEARNED_BASE = [{"model": "m", "task": "hopper", "level": "expert", "learned": True,
+                 "of_data": common.summarise([1.0, 1.1, 1.2])}]
+
+
+def _row(per_task: dict) -> dict:
+    return {f"{row}|{t}": common.summarise(v) for row, tasks in per_task.items() for t, v in tasks.items()}
+
+
+def test_table_four_needs_direct_mff_to_lose_something_before_fisher_can_win():
+    fisher_scale = EXPERIMENTS["fisher-scale"]
+    same = {"hopper": [50, 60, 70], "halfcheetah": [50, 60, 70], "walker2d": [50, 60, 70]}
+    better = {t: [v + 5 for v in vs] for t, vs in same.items()}
+    kept = _row({"initial": same, "Direct": same, "Fisher": better})  # direct MFF lost nothing
+    [f] = fisher_scale.findings({"cells": kept, "base_models": LEARNED_BASE})
+    assert f["verdict"] == "inconclusive" and "direct MFF is not shown to lose anything" in f["ours"]
+    lost = _row({"initial": {t: [v + 20 for v in vs] for t, vs in same.items()}, "Direct": same, "Fisher": better})
+    assert fisher_scale.findings({"cells": lost, "base_models": LEARNED_BASE})[0]["verdict"] == "agrees"
+
+
+def test_table_five_needs_every_task_above_the_multi_task_model():
+    finetune_merge = EXPERIMENTS["finetune-merge"]
+    multi = {"hopper": [50, 60, 70], "halfcheetah": [30, 31, 32], "walker2d": [50, 60, 70]}
+    up = {t: [v + 10 for v in vs] for t, vs in multi.items()}
+    cells = _row({"Multi-Task Medium": multi, "Finetuned Experts": {t: [v + 40 for v in vs] for t, vs in multi.items()},
+                  "Direct Merge": multi, "Fisher Merge": up})
+    gain = {t: common.summarise([40.0, 40.0, 40.0]) for t in multi}
+    summary = {"cells": cells, "gain": gain, "base_models": LEARNED_BASE}
+    assert [f["verdict"] for f in finetune_merge.findings(summary)] == ["agrees", "agrees"]
+    cells = {**cells, **_row({"Fisher Merge": {**up, "halfcheetah": [20, 21, 22]}})}  # one task below
+    assert finetune_merge.findings({**summary, "cells": cells})[1]["verdict"] == "disagrees"
+
+
+def test_table_two_recovers_only_above_95_percent_on_both_tasks_and_mff_must_beat_m():
+    mff_subsets = EXPERIMENTS["mff-subsets"]
+
+    def rows(mff, merged):
+        return {"Attention (MFF)": {t: common.summarise(v) for t, v in mff.items()},
+                "Attention (M)": {t: common.summarise(v) for t, v in merged.items()}}
+    near = {"hopper": [96, 99, 101], "halfcheetah": [97, 100, 102]}
+    low = {"hopper": [92, 93, 94], "halfcheetah": [100, 101, 102]}  # above 90%, not 95%, on Hopper
+    m = {"hopper": [80, 79, 78], "halfcheetah": [98, 97, 96]}
+    assert [f["verdict"] for f in mff_subsets.findings({"rows": rows(near, m), "base_models": LEARNED_BASE})] == \
+        ["agrees", "agrees"]
+    assert mff_subsets.findings({"rows": rows(low, m), "base_models": LEARNED_BASE})[0]["verdict"] == "disagrees"
+
+
 def test_paper_scale_has_the_original_codes_budgets():
     """The original code: 10 x 10,000 = 100k DT steps with a 10k warmup, MFF 10 x 10,000 = 100k steps
     per task with a fresh 10k warmup, Fisher from 750 batches of 64, 50 evaluation episodes, Table V's
