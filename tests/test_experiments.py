@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dtmerge.cli import main
@@ -466,3 +467,34 @@ def test_batched_dts_train_together_and_match_their_single_runs(tmp_path):
     assert json.loads((tmp_path / "many" / "run.json").read_text())["batch_dts"] == 8
     r = CliRunner().invoke(main, ["experiment", "report", str(tmp_path / "many")])
     assert r.exit_code == 0, r.output
+
+
+def test_dts_trained_before_keys_held_the_runtime_are_taken_over_where_they_ran_on_it(tmp_path):
+    """A store from before runs recorded their runtime keeps its DTs under keys without a device; a
+    run now takes over those whose config.json shows they trained on this runtime (their files
+    linked, recorded under the new key), and trains again the one that ran elsewhere."""
+    from safetensors.torch import load_file
+
+    store = Store(tmp_path / "store")
+    old = [n for n in all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"]).values())) if n.kind == "dt"]
+    runner.run(store, old, progress=False, echo=lambda *_: None)  # unresolved scale: the old keys
+    here = runner.this_runtime()
+    elsewhere = store.path(old[0]) / "run" / "config.json"
+    elsewhere.write_text(json.dumps({**json.loads(elsewhere.read_text()), "runtime": {**here, "device": "cuda"}}))
+    new = [n for n in all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"].on(here)).values()))
+           if n.kind == "dt"]
+    assert len(new) == len(old) > 1 and not {n.key for n in new} & {n.key for n in old}
+    lines = []
+    runner.run(store, new, progress=False, echo=lines.append)
+    assert f"{len(old) - 1} DT(s) trained before keys held the runtime" in lines[0]
+    assert "1 to make" in "\n".join(lines)  # the one trained elsewhere
+    for was, now in zip(old, new):
+        assert store.result(now) == store.result(was)
+        weights = [store.path(n) / "run" / "checkpoint" / "model.safetensors" for n in (was, now)]
+        same_file = weights[0].stat().st_ino == weights[1].stat().st_ino
+        assert same_file == (was is not old[0])
+        if was is old[0]:  # trained again, to the same numbers
+            a, b = (load_file(w) for w in weights)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DtmergeError, match="exists already"):
+        store.adopt(new[1], old[1])

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from dtmerge.errors import DtmergeError
 from dtmerge.experiments.artifacts import GPU_KINDS, estimate, make
-from dtmerge.experiments.store import Node, Store
+from dtmerge.experiments.store import Node, Store, legacy_twin
 from dtmerge.runtime import pick_device, resolve_precision, runtime_kind
 
 DEFAULT_SECONDS_PER_STEP = 0.075  # a 128/3/1 DT step, batch 64, bf16, 2 cores (measured)
@@ -67,6 +67,23 @@ def made_on(run: Path) -> dict:
     except (OSError, ValueError, AttributeError):
         recorded = None
     return recorded if isinstance(recorded, dict) else {"device": "cpu", "precision": None}
+
+
+def adopt_legacy(store: Store, nodes: list[Node]) -> int:
+    """Take over the DTs a run from before runs recorded their runtime trained (their keys held no
+    device) where the run's config.json shows it trained on the device kind and precision the new
+    key names: the same computation, so it is not trained again. Returns how many were adopted."""
+    adopted = 0
+    for node in nodes:
+        if node.kind != "dt" or "device" not in node.spec or store.done(node) or store.path(node).exists():
+            continue
+        runtime = {"device": node.spec["device"], "precision": node.spec["precision"]}
+        for twin in (legacy_twin(node, "auto"), legacy_twin(node, runtime["precision"])):
+            if store.done(twin) and made_on(store.path(twin) / "run") == runtime:
+                store.adopt(node, twin)
+                adopted += 1
+                break
+    return adopted
 
 
 def measured_seconds_per_step(store: Store, runtime: dict) -> float | None:
@@ -156,6 +173,9 @@ def run(store: Store, targets: list[Node], workers: int = 1, progress: bool = Tr
     Either way an artifact starts as soon as what it is made from is done, at most `workers` at
     once, each with cores // workers threads — so the same --workers gives the same numbers (and
     the same device) on both executors."""
+    adopted = adopt_legacy(store, all_nodes(targets))
+    if adopted:
+        echo(f"{adopted} DT(s) trained before keys held the runtime, on this one, taken over from the store")
     todo, description = plan(store, targets, workers)
     echo(description)
     if not todo:

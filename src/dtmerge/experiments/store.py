@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +59,15 @@ class Node:
         return list(seen.values())
 
 
+def legacy_twin(node: Node, precision: str) -> Node:
+    """`node` as a run from before runs recorded their runtime specified it: no device in any spec,
+    the precision its scale gave (`auto`, or the one it pinned) — the key its artifact was made under then."""
+    spec = node.spec
+    if "device" in spec:
+        spec = {**{k: v for k, v in spec.items() if k != "device"}, "precision": precision}
+    return Node(node.kind, spec, {name: legacy_twin(dep, precision) for name, dep in node.deps.items()})
+
+
 class Store:
     def __init__(self, root):
         self.root = Path(root)
@@ -83,3 +94,25 @@ class Store:
         write_json(self.path(node) / "artifact.json", {
             "format": STORE_FORMAT, "key": node.key, "version": __version__, "kind": node.kind, "spec": node.spec,
             "deps": {name: dep.key for name, dep in node.deps.items()}, "seconds": seconds, "result": result})
+
+    def adopt(self, node: Node, twin: Node) -> None:
+        """Make `node` from `twin`, a done artifact of the same computation under another key: its
+        files hard-linked (copied where links cannot be made) into a new directory, renamed into
+        place whole, then recorded under `node`'s key. Refused where `node` has a directory already."""
+        target, source = self.path(node), self.path(twin)
+        if target.exists():
+            raise DtmergeError(f"{target}: exists already; {node.kind} {node.key} is not adopted over it")
+        staging = target.with_name(f".{node.key}.adopting")
+        shutil.rmtree(staging, ignore_errors=True)
+
+        def link(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(source, staging, copy_function=link, ignore=lambda d, names: (
+            ["artifact.json"] if Path(d) == source else []))
+        os.rename(staging, target)
+        record = json.loads((source / "artifact.json").read_text())
+        self.finish(node, record["result"], record["seconds"])
