@@ -151,10 +151,20 @@ def test_fisher_estimators_match_per_window_loops():
         loss = 0.5 * (((pred - batch["actions"][i]) ** 2) * m[:, None]).sum()
         for n, v in zip(names, torch.autograd.grad(loss, [params[n] for n in names])):
             empirical[n] += v ** 2
-    for est, expected in (("exact", exact), ("empirical", empirical)):
-        got = fisher_terms(model, batch, est, names)
+    for est, expected, chunk in (("exact", exact, 1), ("exact", exact, 3), ("empirical", empirical, 1)):
+        got = fisher_terms(model, batch, est, names, window_chunk=chunk)  # 3: a GPU's vmap over windows
         for n in names:
             torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-7)
+
+
+def test_the_exact_fisher_vectorises_windows_only_on_a_gpu_and_within_its_memory_budget():
+    from dtmerge.merge import fisher as fisher_module
+
+    model = DecisionTransformer(DTConfig(state_dim=3, act_dim=2, n_embd=8, n_layer=1, n_head=1, context_len=3))
+    names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
+    per_window = 4 * 3 * 2 * sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert fisher_module.window_chunk(torch.device("cpu"), model, names) == 1
+    assert fisher_module.window_chunk(torch.device("cuda"), model, names) == fisher_module.GPU_CHUNK_BYTES // per_window
 
 
 def test_mff_keeps_merged_tensors_bit_identical_and_trains_the_rest(tmp_path, task_models):

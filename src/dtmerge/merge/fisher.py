@@ -39,8 +39,10 @@ from dtmerge.validate import read_validated
 BATCH_KEYS = ("states", "actions", "returns_to_go", "timesteps", "mask")
 
 
-def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[str, torch.Tensor]:
-    """Sum over the windows of `batch` of each window's diagonal Fisher (batch: its own estimate)."""
+def fisher_terms(model, batch: dict, estimator: str, names: list[str],
+                 window_chunk: int = 1) -> dict[str, torch.Tensor]:
+    """Sum over the windows of `batch` of each window's diagonal Fisher (batch: its own estimate);
+    `window_chunk`: windows the exact estimator vectorises at once (1: one at a time)."""
     params = {n: p.detach() for n, p in model.named_parameters()}
     trunk = {n: params[n] for n in names}
     rest = {n: p for n, p in params.items() if n not in trunk}
@@ -66,10 +68,24 @@ def fisher_terms(model, batch: dict, estimator: str, names: list[str]) -> dict[s
         return {n: v.sum(0) for n, v in per.items()}
     if estimator != "exact":
         raise ValueError(f"unknown Fisher estimator {estimator!r}; estimators: {', '.join(ESTIMATORS)}")
-    # exact: per window, one forward and a vmap over the real outputs' cotangents (the rows of the
-    # Jacobian). Measured on CPU this beats vmapping jacrev over windows ~4x, whose memory is
-    # windows x outputs x parameters (benchmarks/fisher_speed.py).
+    # exact: per window, one forward and a vmap over the outputs' cotangents (the rows of the
+    # Jacobian). One window at a time, only its real rows: on a CPU this beats vmapping over windows
+    # too ~4x, whose memory is windows x outputs x parameters (benchmarks/fisher_speed.py). A GPU is
+    # launch-bound one window at a time, so there `window_chunk` windows go through one vmap, every
+    # row of each (a padded row's output is masked to zero, so its gradient is zero).
     out = {n: torch.zeros_like(p) for n, p in trunk.items()}
+    if window_chunk > 1:
+        K, A = batch["actions"].shape[1:]
+        basis = torch.eye(K * A, device=batch["actions"].device).reshape(K * A, K, A)
+
+        def window_fisher(s, a, r, t, m):
+            _, pullback = vjp(lambda tp: mean_action(tp, s, a, r, t, m), trunk)
+            return {n: (g ** 2).sum(0) for n, g in vmap(pullback)(basis)[0].items()}
+
+        for i in range(0, len(batch["mask"]), window_chunk):
+            for n, v in vmap(window_fisher)(*(x[i:i + window_chunk] for x in args)).items():
+                out[n] += v.sum(0)
+        return out
     for i in range(len(batch["mask"])):
         x = tuple(v[i] for v in args)
         pred, pullback = vjp(lambda tp: mean_action(tp, *x), trunk)
@@ -109,11 +125,12 @@ def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, s
     traj, task = load_dataset(dataset, meta["task"])
     sampler = window_sampler(traj, model, meta, seed)
     names = [n for n, _ in model.named_parameters() if n.startswith("transformer.")]
+    chunk = window_chunk(device, model, names)
     total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in model.named_parameters() if n in names}
     windows = tokens = 0
     for _ in tqdm(range(batches), desc=f"fisher {estimator}", disable=not progress):
         batch = sampler.sample(batch_size, device)
-        for n, v in fisher_terms(model, batch, estimator, names).items():
+        for n, v in fisher_terms(model, batch, estimator, names, chunk).items():
             total[n] += v.double()
         windows += batch_size
         tokens += int(batch["mask"].sum())
@@ -125,6 +142,19 @@ def _compute_fisher(checkpoint: Path, dataset, estimator, batches, batch_size, s
             "batch_size": batch_size, "seed": seed, "windows": windows, "action_tokens": tokens,
             "normalised_by": "action tokens" if estimator == "batch" else "windows"})
     return checkpoint / "fisher.safetensors"
+
+
+GPU_CHUNK_BYTES = 4 * 2**30  # the exact estimator's per-row gradients held at once on a GPU
+
+
+def window_chunk(device: torch.device, model, names: list[str]) -> int:
+    """Windows the exact estimator vectorises at once: one on a CPU (fastest there), on a GPU as
+    many as fit their per-row gradients (context x actions x trunk parameters each) in GPU_CHUNK_BYTES."""
+    if device.type != "cuda":
+        return 1
+    rows = model.config.context_len * model.config.act_dim
+    params = sum(p.numel() for n, p in model.named_parameters() if n in names)
+    return max(1, GPU_CHUNK_BYTES // (4 * rows * params))
 
 
 BLOCK_PREFIX = "transformer.h."
