@@ -498,3 +498,26 @@ def test_dts_trained_before_keys_held_the_runtime_are_taken_over_where_they_ran_
             assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(DtmergeError, match="exists already"):
         store.adopt(new[1], old[1])
+
+
+def test_the_benchmark_judges_the_entry_chosen_on_selection_episodes_by_its_own_base_models():
+    from dtmerge.experiments.merge_benchmark import findings
+
+    ci = lambda m, lo, hi: {"mean": m, "lo": lo, "hi": hi}  # noqa: E731
+    row = lambda regime, start, method, iqm, selection: {  # noqa: E731
+        "regime": regime, "start": start, "method": method, "iqm": iqm, "selection_score": selection,
+        "transformer_params_pct": 100.6}
+    board = [row("training-free", "shared", "ties", ci(0.95, 0.90, 0.99), 40.0),  # best held out, picked by neither
+             row("training-free", "shared", "average", ci(0.70, 0.60, 0.80), 50.0),  # best on selection episodes
+             row("training-free", "independent", "average", ci(0.99, 0.98, 1.0), 99.0),  # no common start
+             row("mff", "chibit", "fisher", ci(0.99, 0.985, 0.995), 30.0)]
+    learned = lambda model, ok: {"model": model, "of_data": ci(1.0, 0.95, 1.05), "learned": ok}  # noqa: E731
+    base = [learned("hopper expert (shared)", True), learned("hopper expert (chibit)", True),
+            learned("hopper expert (independent)", None), learned("hopper expert (multi-task)", True)]
+    free, mff = findings({"leaderboard": board, "base_models": base})
+    assert free["verdict"] == "disagrees" and "average from one shared random start" in free["ours"]
+    assert mff["verdict"] == "inconclusive" and "independent" in mff["ours"]  # MFF draws on every start
+    base[2]["learned"] = True
+    assert findings({"leaderboard": board, "base_models": base})[1]["verdict"] == "agrees"
+    base[3]["learned"] = None  # the multi-task reference failing makes both inconclusive
+    assert [f["verdict"] for f in findings({"leaderboard": board, "base_models": base})] == ["inconclusive"] * 2

@@ -199,6 +199,10 @@ def test_ram_keeps_unique_updates_whole_and_averages_shared_ones():
     torch.testing.assert_close(ram([d1, d2], base=base), _t(1.0, 3.0, 3.0, 0.0))  # averaging: 0.5, 1.5, 3, 0
     torch.testing.assert_close(ram([d1, d2], base=base, unique_scale=2.0), _t(2.0, 6.0, 3.0, 0.0))
     torch.testing.assert_close(ram([d1, d2], base=base, threshold=1.5), _t(0.0, 3.0, 3.0, 0.0))
+    # density 0.25 keeps each model's largest entry only: d1's 2.0 and d2's 4.0 (shared), so 3.0
+    torch.testing.assert_close(ram([d1, d2], base=base, density=0.25), _t(0.0, 0.0, 3.0, 0.0))
+    # density 0.5: d1 keeps 2.0 and 1.0, d2 keeps 4.0 and 3.0; entries 0 and 1 are unique
+    torch.testing.assert_close(ram([d1, d2], base=base, density=0.5, unique_scale=0.5), _t(0.5, 1.5, 3.0, 0.0))
 
 
 def _load_plugin(tmp_path, monkeypatch):

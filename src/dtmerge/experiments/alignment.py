@@ -69,7 +69,7 @@ def nodes(scale: Scale) -> dict:
                                 common.evaluation(scale, bundle, t, bundle_task=True)
         for align in ("none", "weights"):
             spec = {"select": ["attn", "mlp"], "granularity": "group", "trials": scale.search_trials,
-                    "episodes": max(1, scale.episodes // 2), "report_episodes": scale.episodes, "sampler": "tpe",
+                    "episodes": common.selection_episodes(scale), "report_episodes": scale.episodes, "sampler": "tpe",
                     "seed": seed, "max_steps": scale.max_steps, **scale.runtime(),
                     **({"align": align} if align != "none" else {})}
             out[f"search|{align}|{seed}"] = Node("search", spec, deps(TASKS))
@@ -120,8 +120,8 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
              "(each task its own random start), unaligned or aligned; shared start: DTs whose trunks start from one "
              "random draw, unaligned. Alignment: every "
              "model permuted into the first's basis before merging. Searched weights: optuna TPE, "
-             f"{scale.search_trials} trials on {max(1, scale.episodes // 2)} selection episodes per task, reported "
-             f"on held-out episodes; `equal weights` is its first trial, the plain average. MFF finetunes "
+             f"{scale.search_trials} trials on {common.selection_episodes(scale)} selection episodes per task, "
+             f"reported on held-out episodes; `equal weights` is its first trial, the plain average. MFF finetunes "
              f"{scale.finetune_steps} steps per task.", "", "| merge | " + " | ".join(columns) + " |",
              "| --- |" + " --- |" * len(columns)]
     table += [f"| {n} | " + " | ".join(fmt(rows.get(f"{n}|{a}")) for a in columns) + " |" for n in names]

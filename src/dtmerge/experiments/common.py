@@ -64,12 +64,19 @@ def interpolate(target: Node, source: Node, select: list[str], alpha: float) -> 
                           "format": "checkpoint"}, {"model0": target, "model1": source})
 
 
-def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False, targets: list[float] | None = None) \
-        -> Node:
-    """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target (or `targets`)."""
-    spec = {"episodes": scale.episodes, "seed": REPORT_EVAL_SEED, "targets": targets or [TASKS[task].rtg_targets[0]],
+def evaluation(scale: Scale, model: Node, task: str, bundle_task: bool = False, targets: list[float] | None = None,
+               selection: bool = False) -> Node:
+    """The reported evaluation: reset seeds from REPORT_EVAL_SEED, the task's high RTG target (or `targets`);
+    `selection`: the episodes a choice is made on instead, as `dtmerge search` makes them (half as many,
+    from reset seed 0)."""
+    episodes, seed = (selection_episodes(scale), 0) if selection else (scale.episodes, REPORT_EVAL_SEED)
+    spec = {"episodes": episodes, "seed": seed, "targets": targets or [TASKS[task].rtg_targets[0]],
             "max_steps": scale.max_steps, **scale.runtime()}
     return Node("eval", {**spec, "task": task} if bundle_task else spec, {"model": model})
+
+
+def selection_episodes(scale: Scale) -> int:
+    return max(1, scale.episodes // 2)
 
 
 def units(n_layer: int) -> list[str]:

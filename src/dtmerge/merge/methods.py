@@ -136,14 +136,16 @@ def ties(tensors, base, density: float = 0.2, scale: float = 1.0):
     """
     if not 0 < density <= 1:
         raise ValueError(f"ties density must be in (0, 1], got {density}")
-    deltas = []
-    for t in tensors:
-        d = (t.double() - base.double()).flatten()
-        k = max(1, int(round(density * d.numel())))
-        keep = torch.zeros_like(d, dtype=torch.bool)
-        keep[d.abs().topk(k).indices] = True
-        deltas.append(torch.where(keep, d, torch.zeros_like(d)))
-    return (base.double() + scale * _disjoint_mean(deltas).view_as(base)).to(base.dtype)
+    deltas = [torch.where(_top_magnitudes(d, density), d, torch.zeros_like(d)) for d in _deltas(tensors, base)]
+    return (base.double() + scale * _disjoint_mean(deltas)).to(base.dtype)
+
+
+def _top_magnitudes(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Mask of the `density` share of `delta`'s entries largest in magnitude (at least one)."""
+    flat = delta.flatten()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.abs().topk(max(1, int(round(density * flat.numel())))).indices] = True
+    return keep.view_as(delta)
 
 
 def _disjoint_mean(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -351,17 +353,20 @@ def iso_c(tensors, base, scale: float = 1.0):
     return (base.double() + scale * s.mean() * u @ vh).to(base.dtype)
 
 
-@register("ram", needs_base=True, params=("threshold", "unique_scale"))
-def ram(tensors, base, threshold: float = 0.0, unique_scale: float = 1.0):
-    """RAM: an element changed (|delta| > threshold) by several models gets the mean of their
-    deltas; one changed by one model only keeps that model's delta (times `unique_scale`), rather
-    than a 1/N share of it as averaging gives; unchanged elements stay at the base. RAM+'s
-    overlap-derived rescaling is not reproduced: set `unique_scale` to rescale.
+@register("ram", needs_base=True, params=("threshold", "density", "unique_scale"))
+def ram(tensors, base, threshold: float = 0.0, density: float = 1.0, unique_scale: float = 1.0):
+    """RAM: an element changed by several models gets the mean of their deltas; one changed by one
+    model only keeps that model's delta (times `unique_scale`), rather than a 1/N share of it as
+    averaging gives; unchanged elements stay at the base. "Changed": |delta| > threshold and among
+    the model's top-`density` magnitudes (RL agents' task vectors are sparse; a DT's dense ones are
+    made so, as TIES trims). RAM+'s overlap-derived rescaling is not reproduced: set `unique_scale`.
 
     Behavior Knowledge Merge in Reinforced Agentic Models (Yuan et al., 2026).
     """
+    if not 0 < density <= 1:
+        raise ValueError(f"ram density must be in (0, 1], got {density}")
     stacked = torch.stack(_deltas(tensors, base))
-    changed = stacked.abs() > threshold
+    changed = (stacked.abs() > threshold) & torch.stack([_top_magnitudes(d, density) for d in stacked])
     count = changed.sum(0)
     mean = (stacked * changed).sum(0) / count.clamp(min=1)
     merged = torch.where(count == 1, unique_scale * mean, mean)
