@@ -54,6 +54,7 @@ def test_a_cuda_run_and_a_cpu_run_agree_within_training_noise(tmp_path, hopper_f
 
 @pytest.mark.parametrize("estimator", ["exact", "empirical"])
 def test_the_fisher_on_cuda_equals_the_cpu_one(tmp_path, task_models, estimator):
+    """On CUDA the exact estimator vmaps all 8 windows at once (`window_chunk`); on the CPU one at a time."""
     import shutil
 
     from dtmerge.merge.fisher import compute_fisher

@@ -470,34 +470,44 @@ def test_batched_dts_train_together_and_match_their_single_runs(tmp_path):
 
 
 def test_dts_trained_before_keys_held_the_runtime_are_taken_over_where_they_ran_on_it(tmp_path):
-    """A store from before runs recorded their runtime keeps its DTs under keys without a device; a
-    run now takes over those whose config.json shows they trained on this runtime (their files
-    linked, recorded under the new key), and trains again the one that ran elsewhere."""
+    """A store from before runs recorded their runtime keeps its DTs under keys without a device
+    (precision `auto`); a run now takes over those whose config.json shows they trained on this
+    runtime (their files linked, recorded under the new key), and trains again the one that ran
+    elsewhere; never one started from another trained model, nor one whose own run has begun."""
     from safetensors.torch import load_file
 
-    store = Store(tmp_path / "store")
-    old = [n for n in all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"]).values())) if n.kind == "dt"]
-    runner.run(store, old, progress=False, echo=lambda *_: None)  # unresolved scale: the old keys
-    here = runner.this_runtime()
+    store, here = Store(tmp_path / "store"), runner.this_runtime()
+    scale = dataclasses.replace(SCALES["smoke"], precision="auto", seeds=2)  # auto: as mini and paper leave it
+    dts = lambda s: [n for n in all_nodes(list(EXPERIMENTS["incremental"].nodes(s).values()))  # noqa: E731
+                     if n.kind == "dt"]
+    old, new = dts(scale), dts(scale.on(here))
+    assert old[0].spec["precision"] == "auto" and new[0].spec["precision"] == here["precision"]
+    runner.run(store, old, progress=False, echo=lambda *_: None)
     elsewhere = store.path(old[0]) / "run" / "config.json"
     elsewhere.write_text(json.dumps({**json.loads(elsewhere.read_text()), "runtime": {**here, "device": "cuda"}}))
-    new = [n for n in all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"].on(here)).values()))
-           if n.kind == "dt"]
-    assert len(new) == len(old) > 1 and not {n.key for n in new} & {n.key for n in old}
+    begun = store.path(new[-1])
+    (begun / "run").mkdir(parents=True)  # a training of the new key under way
+    from_a_model = Node("dt", new[1].spec, {**new[1].deps, "init": new[1]})
+    twin = store_module.legacy_twin(from_a_model, "auto")
+    (store.path(twin) / "run").mkdir(parents=True)
+    (store.path(twin) / "run" / "config.json").write_text(json.dumps({"runtime": here}))
+    store.finish(twin, {"output": "run/checkpoint"}, 0.0)
+    assert runner.adopt_legacy(store, [from_a_model]) == 0 and not store.done(from_a_model)
+    assert len(new) == len(old) > 2 and not {n.key for n in new} & {n.key for n in old}
     lines = []
     runner.run(store, new, progress=False, echo=lines.append)
-    assert f"{len(old) - 1} DT(s) trained before keys held the runtime" in lines[0]
-    assert "1 to make" in "\n".join(lines)  # the one trained elsewhere
+    assert f"{len(old) - 2} DT(s) trained before keys held the runtime" in lines[0]
+    assert "2 to make" in "\n".join(lines)  # the one trained elsewhere, and the one begun
     for was, now in zip(old, new):
         assert store.result(now) == store.result(was)
         weights = [store.path(n) / "run" / "checkpoint" / "model.safetensors" for n in (was, now)]
-        same_file = weights[0].stat().st_ino == weights[1].stat().st_ino
-        assert same_file == (was is not old[0])
-        if was is old[0]:  # trained again, to the same numbers
+        retrained = was is old[0] or now is new[-1]
+        assert (weights[0].stat().st_ino == weights[1].stat().st_ino) != retrained
+        if retrained:  # to the same numbers
             a, b = (load_file(w) for w in weights)
             assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(DtmergeError, match="exists already"):
-        store.adopt(new[1], old[1])
+    assert store.adopt(new[1], old[1]) is False  # done: nothing changes
+    assert not list(store.path(new[1]).parent.glob(f".{new[1].key}.*"))  # no staging left behind
 
 
 def test_the_benchmark_judges_the_entry_chosen_on_selection_episodes_by_its_own_base_models():

@@ -7,7 +7,6 @@ belongs to, and a node never writes into another node's directory).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -50,13 +49,10 @@ def output(store: Store, node: Node) -> Path:
 
 
 def make(store: Store, node: Node, progress: bool = False) -> dict:
-    """Make `node` (its inputs must be done) and record it; returns its record. A lock file makes
-    runs that share a store (two commands, or workers on a shared path) wait for each other
-    rather than make the same artifact twice."""
+    """Make `node` (its inputs must be done) and record it, under its lock; returns its record."""
     out = store.path(node)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out.with_name(node.key + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with store.lock(node):
         if store.done(node):  # made by another run while this one waited
             return store.result(node)
         inputs = {name: output(store, dep) for name, dep in node.deps.items()}

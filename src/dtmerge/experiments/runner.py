@@ -72,16 +72,18 @@ def made_on(run: Path) -> dict:
 def adopt_legacy(store: Store, nodes: list[Node]) -> int:
     """Take over the DTs a run from before runs recorded their runtime trained (their keys held no
     device) where the run's config.json shows it trained on the device kind and precision the new
-    key names: the same computation, so it is not trained again. Returns how many were adopted."""
+    key names: the same computation, so it is not trained again. Only DTs made from inputs that
+    hold no runtime (datasets): one started from another trained model could have been made from
+    a model trained elsewhere. Returns how many were adopted."""
     adopted = 0
     for node in nodes:
-        if node.kind != "dt" or "device" not in node.spec or store.done(node) or store.path(node).exists():
+        if node.kind != "dt" or "device" not in node.spec or store.done(node):
             continue
         runtime = {"device": node.spec["device"], "precision": node.spec["precision"]}
         for twin in (legacy_twin(node, "auto"), legacy_twin(node, runtime["precision"])):
-            if store.done(twin) and made_on(store.path(twin) / "run") == runtime:
-                store.adopt(node, twin)
-                adopted += 1
+            if (all(d.key == node.deps[name].key for name, d in twin.deps.items()) and store.done(twin)
+                    and made_on(store.path(twin) / "run") == runtime):
+                adopted += store.adopt(node, twin)
                 break
     return adopted
 

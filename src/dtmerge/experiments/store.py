@@ -11,10 +11,13 @@ and a training node trains with checkpoints, so a stopped run resumes where it s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -90,29 +93,50 @@ class Store:
             raise DtmergeError(f"{file}: does not describe this artifact (format or key differs)")
         return record["result"]
 
+    @contextmanager
+    def lock(self, node: Node):
+        """Held while `node` is made or adopted: runs that share a store (two commands, or workers
+        on a shared path) wait for each other rather than make one artifact twice."""
+        self.path(node).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path(node).with_name(node.key + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def record(self, node: Node, result: dict, seconds: float) -> dict:
+        return {"format": STORE_FORMAT, "key": node.key, "version": __version__, "kind": node.kind,
+                "spec": node.spec, "deps": {name: dep.key for name, dep in node.deps.items()}, "seconds": seconds,
+                "result": result}
+
     def finish(self, node: Node, result: dict, seconds: float) -> None:
-        write_json(self.path(node) / "artifact.json", {
-            "format": STORE_FORMAT, "key": node.key, "version": __version__, "kind": node.kind, "spec": node.spec,
-            "deps": {name: dep.key for name, dep in node.deps.items()}, "seconds": seconds, "result": result})
+        write_json(self.path(node) / "artifact.json", self.record(node, result, seconds))
 
-    def adopt(self, node: Node, twin: Node) -> None:
+    def adopt(self, node: Node, twin: Node) -> bool:
         """Make `node` from `twin`, a done artifact of the same computation under another key: its
-        files hard-linked (copied where links cannot be made) into a new directory, renamed into
-        place whole, then recorded under `node`'s key. Refused where `node` has a directory already."""
+        files hard-linked (copied where links cannot be made) into a staging directory beside it,
+        recorded there under `node`'s key, and renamed into place whole, under `node`'s lock. False
+        (nothing changed) where `node` is done or a run of it has begun, or the files cannot be placed."""
         target, source = self.path(node), self.path(twin)
-        if target.exists():
-            raise DtmergeError(f"{target}: exists already; {node.kind} {node.key} is not adopted over it")
-        staging = target.with_name(f".{node.key}.adopting")
-        shutil.rmtree(staging, ignore_errors=True)
-
-        def link(src, dst):
+        with self.lock(node):
+            if self.done(node) or (target.exists() and any(target.iterdir())):
+                return False
+            result = self.result(twin)  # checked to be twin's record
+            seconds = json.loads((source / "artifact.json").read_text()).get("seconds", 0.0)
+            staging = Path(tempfile.mkdtemp(prefix=f".{node.key}.", dir=target.parent))
             try:
-                os.link(src, dst)
+                shutil.copytree(source, staging, copy_function=_link, dirs_exist_ok=True,
+                                ignore=lambda d, names: ["artifact.json"] if Path(d) == source else [])
+                write_json(staging / "artifact.json", self.record(node, result, seconds))
+                if target.exists():
+                    target.rmdir()  # the empty directory a waiting `make` created
+                os.rename(staging, target)
             except OSError:
-                shutil.copy2(src, dst)
+                shutil.rmtree(staging, ignore_errors=True)
+                return False
+        return True
 
-        shutil.copytree(source, staging, copy_function=link, ignore=lambda d, names: (
-            ["artifact.json"] if Path(d) == source else []))
-        os.rename(staging, target)
-        record = json.loads((source / "artifact.json").read_text())
-        self.finish(node, record["result"], record["seconds"])
+
+def _link(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
