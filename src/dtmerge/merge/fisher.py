@@ -80,7 +80,7 @@ def fisher_terms(model, batch: dict, estimator: str, names: list[str],
 
         def window_fisher(s, a, r, t, m):
             _, pullback = vjp(lambda tp: mean_action(tp, s, a, r, t, m), trunk)
-            return {n: g.square_().sum(0) for n, g in vmap(pullback)(basis)[0].items()}
+            return {n: g.mul_(g).sum(0) for n, g in vmap(pullback)(basis)[0].items()}
 
         for i in range(0, len(batch["mask"]), window_chunk):
             for n, v in vmap(window_fisher)(*(x[i:i + window_chunk] for x in args)).items():
