@@ -531,3 +531,18 @@ def test_the_benchmark_judges_the_entry_chosen_on_selection_episodes_by_its_own_
     assert findings({"leaderboard": board, "base_models": base})[1]["verdict"] == "agrees"
     base[3]["learned"] = None  # the multi-task reference failing makes both inconclusive
     assert [f["verdict"] for f in findings({"leaderboard": board, "base_models": base})] == ["inconclusive"] * 2
+
+
+def test_alignment_judges_each_claim_by_the_base_models_it_is_made_from():
+    from dtmerge.experiments.alignment import findings
+
+    rows = {f"average trunk, all three|{a}": common.summarise(v) for a, v in
+            (("none", [0.20, 0.21, 0.19]), ("weights", [0.22, 0.23, 0.21]), ("activations", [0.18, 0.18, 0.17]),
+             ("shared start", [0.19, 0.20, 0.18]))}
+    rows["searched weights attn+mlp, all three (best)|none"] = common.summarise([0.4, 0.5, 0.3])
+    rows["searched weights attn+mlp, all three (equal weights)|none"] = common.summarise([0.2, 0.2, 0.2])
+    ci = {"mean": 1.1, "lo": 0.87, "hi": 1.2}
+    base = [{"model": "walker2d expert", "of_data": ci, "learned": True},
+            {"model": "walker2d expert, shared start", "of_data": ci, "learned": None}]
+    verdicts = [f["verdict"] for f in findings({"rows": rows, "base_models": base})]
+    assert verdicts == ["disagrees", "agrees", "inconclusive", "agrees"]  # only the shared-start claim needs it
