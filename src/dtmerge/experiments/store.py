@@ -83,6 +83,10 @@ class Store:
 
     def result(self, node: Node) -> dict:
         """What making the node returned (scores for an evaluation; paths are relative to its directory)."""
+        return self.read_record(node)["result"]
+
+    def read_record(self, node: Node) -> dict:
+        """The node's artifact.json, checked to describe it."""
         file = self.path(node) / "artifact.json"
         try:
             record = json.loads(file.read_text())
@@ -91,7 +95,7 @@ class Store:
                                f"directory to make it again") from None
         if record.get("format") != STORE_FORMAT or record.get("key") != node.key:
             raise DtmergeError(f"{file}: does not describe this artifact (format or key differs)")
-        return record["result"]
+        return record
 
     @contextmanager
     def lock(self, node: Node):
@@ -119,13 +123,12 @@ class Store:
         with self.lock(node):
             if self.done(node) or (target.exists() and any(target.iterdir())):
                 return False
-            result = self.result(twin)  # checked to be twin's record
-            seconds = json.loads((source / "artifact.json").read_text()).get("seconds", 0.0)
+            made = self.read_record(twin)
             staging = Path(tempfile.mkdtemp(prefix=f".{node.key}.", dir=target.parent))
             try:
                 shutil.copytree(source, staging, copy_function=_link, dirs_exist_ok=True,
                                 ignore=lambda d, names: ["artifact.json"] if Path(d) == source else [])
-                write_json(staging / "artifact.json", self.record(node, result, seconds))
+                write_json(staging / "artifact.json", self.record(node, made["result"], made.get("seconds", 0.0)))
                 if target.exists():
                     target.rmdir()  # the empty directory a waiting `make` created
                 os.rename(staging, target)
