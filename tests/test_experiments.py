@@ -440,6 +440,16 @@ def test_the_plan_estimates_from_runs_on_this_kind_of_device(tmp_path):
     assert f"250 ms per training step measured on {kind}" in runner.plan(store, [node])[1]
 
 
+def test_a_dry_run_prints_the_plan_and_makes_and_writes_nothing(tmp_path):
+    out, store = tmp_path / "out", tmp_path / "store"
+    r = CliRunner().invoke(main, ["experiment", "run", "incremental", "--scale", "smoke", "--out", str(out),
+                                  "--store", str(store), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    n = len(all_nodes(list(EXPERIMENTS["incremental"].nodes(SCALES["smoke"]).values())))
+    assert f"{n} artifacts: 0 cached, {n} to make" in r.output and "estimated time" in r.output
+    assert not out.exists() and not any(store.rglob("artifact.json"))
+
+
 def test_batched_dts_train_together_and_match_their_single_runs(tmp_path):
     """--batch-dts: a task's DTs of different seeds train as one dt-batch; each model matches the
     single run within fit_many's tolerance, under keys of its own, and the report rebuilds them."""
@@ -494,6 +504,9 @@ def test_dts_trained_before_keys_held_the_runtime_are_taken_over_where_they_ran_
     store.finish(twin, {"output": "run/checkpoint"}, 0.0)
     assert runner.adopt_legacy(store, [from_a_model]) == 0 and not store.done(from_a_model)
     assert len(new) == len(old) > 2 and not {n.key for n in new} & {n.key for n in old}
+    told = runner.dry_run(store, new)  # says what it would take over, and takes over nothing
+    assert f"{len(old) - 2} DT(s) trained before keys held the runtime, on this one, would be taken over" in told
+    assert "2 to make" in told and not any(store.done(n) for n in new)
     lines = []
     runner.run(store, new, progress=False, echo=lines.append)
     assert f"{len(old) - 2} DT(s) trained before keys held the runtime" in lines[0]

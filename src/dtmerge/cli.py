@@ -471,14 +471,16 @@ def experiment_list():
 @overwrite_option
 @log_option
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--dry-run", is_flag=True, help="print the plan (what is cached, what is to make, how long it should "
+              "take) and stop: nothing is made or written")
 def experiment_run(names, scale, out, seeds, workers, executor, gpus_per_artifact, store, batch_dts, resume,
-                   overwrite, log, quiet):
+                   overwrite, log, quiet, dry_run):
     """Run experiments NAMES (see `dtmerge experiment list`), then report them under --out; with
     --log, every artifact's training metrics and scores also go to the loggers (under --out)."""
     from dtmerge.experiments.suite import run_suite
 
     run_suite(list(names), scale, out, seeds, workers, store, resume, overwrite, progress=not quiet, echo=click.echo,
-              executor=executor, gpus_per_artifact=gpus_per_artifact, log=log, batch_dts=batch_dts)
+              executor=executor, gpus_per_artifact=gpus_per_artifact, log=log, batch_dts=batch_dts, dry_run=dry_run)
 
 
 @experiment_group.command("report")

@@ -69,23 +69,28 @@ def made_on(run: Path) -> dict:
     return recorded if isinstance(recorded, dict) else {"device": "cpu", "precision": None}
 
 
-def adopt_legacy(store: Store, nodes: list[Node]) -> int:
-    """Take over the DTs a run from before runs recorded their runtime trained (their keys held no
-    device) where the run's config.json shows it trained on the device kind and precision the new
-    key names: the same computation, so it is not trained again. Only DTs made from inputs that
-    hold no runtime (datasets): one started from another trained model could have been made from
-    a model trained elsewhere. Returns how many were adopted."""
-    adopted = 0
+def legacy_twins(store: Store, nodes: list[Node]) -> list[tuple[Node, Node]]:
+    """(DT, its twin) for the DTs a run from before runs recorded their runtime trained (their keys
+    held no device) where the run's config.json shows it trained on the device kind and precision
+    the new key names: the same computation, so it need not be trained again. Only DTs made from
+    inputs that hold no runtime (datasets): one started from another trained model could have been
+    made from a model trained elsewhere."""
+    pairs = []
     for node in nodes:
-        if node.kind != "dt" or "device" not in node.spec or store.done(node):
-            continue
+        if node.kind != "dt" or "device" not in node.spec or store.done(node) or store.begun(node):
+            continue  # a run of the new key that has begun is its own: `Store.adopt` leaves it alone
         runtime = {"device": node.spec["device"], "precision": node.spec["precision"]}
         for twin in (legacy_twin(node, "auto"), legacy_twin(node, runtime["precision"])):
             if (all(d.key == node.deps[name].key for name, d in twin.deps.items()) and store.done(twin)
                     and made_on(store.path(twin) / "run") == runtime):
-                adopted += store.adopt(node, twin)
+                pairs.append((node, twin))
                 break
-    return adopted
+    return pairs
+
+
+def adopt_legacy(store: Store, nodes: list[Node]) -> int:
+    """Take over the DTs `legacy_twins` finds; returns how many were adopted."""
+    return sum(store.adopt(node, twin) for node, twin in legacy_twins(store, nodes))
 
 
 def measured_seconds_per_step(store: Store, runtime: dict) -> float | None:
@@ -104,15 +109,16 @@ def measured_seconds_per_step(store: Store, runtime: dict) -> float | None:
     return 1.0 / statistics.median(rates) if rates else None
 
 
-def plan(store: Store, targets: list[Node], workers: int = 1) -> tuple[list[Node], str]:
+def plan(store: Store, targets: list[Node], workers: int = 1, taken_over=frozenset()) -> tuple[list[Node], str]:
     """The nodes still to make, longest chain of work first (`critical_path`: still inputs before
     what uses them), and a description of the plan: its time from the step rate measured on this
-    kind of device, or the CPU default, said to be unmeasured, before one has run here."""
+    kind of device, or the CPU default, said to be unmeasured, before one has run here. Keys in
+    `taken_over` count as cached (a dry run's DTs that `legacy_twins` would take over)."""
     nodes = all_nodes(targets)
     runtime = this_runtime()
     measured = measured_seconds_per_step(store, runtime)
     per_step = measured or DEFAULT_SECONDS_PER_STEP
-    todo = [n for n in nodes if not store.done(n)]
+    todo = [n for n in nodes if not store.done(n) and n.key not in taken_over]
     rank = critical_path(todo, per_step)
     todo.sort(key=lambda n: -rank[n.key])  # an input outranks what uses it: its chain is that one's and more
     device_kind = f"{runtime['device']}/{runtime['precision']}"
@@ -147,6 +153,14 @@ def critical_path(todo: list[Node], seconds_per_step: float) -> dict[str, float]
         rank[node.key] = estimate(node, seconds_per_step) + max((rank[m.key] for m in dependents[node.key]),
                                                                 default=0.0)
     return rank
+
+
+def dry_run(store: Store, targets: list[Node], workers: int = 1) -> str:
+    """What `run` would print before it starts, without making or taking over anything."""
+    twins = legacy_twins(store, all_nodes(targets))
+    note = [f"{len(twins)} DT(s) trained before keys held the runtime, on this one, would be taken over from the "
+            "store"] if twins else []
+    return "\n".join([*note, plan(store, targets, workers, {node.key for node, _ in twins})[1]])
 
 
 def visible_gpus() -> list[str]:

@@ -81,6 +81,11 @@ class Store:
     def done(self, node: Node) -> bool:
         return (self.path(node) / "artifact.json").is_file()
 
+    def begun(self, node: Node) -> bool:
+        """Whether a run of `node` has left files in its directory (a make under way, or one stopped)."""
+        target = self.path(node)
+        return target.is_dir() and any(target.iterdir())
+
     def result(self, node: Node) -> dict:
         """What making the node returned (scores for an evaluation; paths are relative to its directory)."""
         return self.read_record(node)["result"]
@@ -121,7 +126,7 @@ class Store:
         (nothing changed) where `node` is done or a run of it has begun, or the files cannot be placed."""
         target, source = self.path(node), self.path(twin)
         with self.lock(node):
-            if self.done(node) or (target.exists() and any(target.iterdir())):
+            if self.done(node) or self.begun(node):
                 return False
             made = self.read_record(twin)
             staging = Path(tempfile.mkdtemp(prefix=f".{node.key}.", dir=target.parent))

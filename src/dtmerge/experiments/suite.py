@@ -33,12 +33,13 @@ def scale_of(name: str, seeds: int | None = None) -> Scale:
 def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, workers: int | None = 1, store=None,
               resume: bool = False, overwrite: bool = False, progress: bool = True, echo=print,
               executor: str = "local", gpus_per_artifact: float | None = None, log=(),
-              batch_dts: int | None = None) -> Path:
+              batch_dts: int | None = None, dry_run: bool = False) -> Path | None:
     """Run experiments `names` at a scale, then report them under `out`; `workers` None: one per
     GPU where there are GPUs, else one per core; `log`: loggers that get every artifact's training
     metrics and evaluation scores (replayed from the store once the run is complete); `batch_dts`:
     DTs differing only in seed trained up to this many at once (None: BATCH_ON_GPU on a GPU, else
-    none)."""
+    none); `dry_run`: print the plan (what is cached, what is to make, the time it should take) and
+    stop, making and writing nothing."""
     workers = runner.default_workers() if workers is None else workers
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown or not names:
@@ -68,6 +69,9 @@ def run_suite(names: list[str], scale_name: str, out, seeds: int | None = None, 
         names = list(dict.fromkeys(saved["experiments"] + names))
     targets = [node for graph in graphs(names, scale, batch_dts).values() for node in graph.values()]
     check_loggers(log)  # refused before any work, not after hours of it
+    if dry_run:
+        echo(runner.dry_run(store, targets, workers))
+        return None
     runner.run(store, targets, workers, progress, echo, executor, gpus_per_artifact)
     with run_directory(out, overwrite, resume) as work:
         write_json(work / "run.json", {"experiments": names, "scale": scale.name, "seeds": seeds,
