@@ -384,6 +384,27 @@ def test_the_benchmark_iqm_and_its_stratified_interval():
     assert {"average", "fisher", "regmean"} <= set(runs("independent")) and "interpolate" not in runs("shared")
 
 
+def test_the_benchmark_winner_of_each_cell_and_its_paired_lead():
+    import numpy as np
+
+    from dtmerge.experiments.merge_benchmark import cell_winners, iqm_difference, iqm_interval
+
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0.5, 1.0, size=(5, 3))
+    lead = iqm_difference(b + 0.1, b)  # the same seeds 0.1 better: exactly 0.1 in every paired resample
+    assert lead["mean"] == pytest.approx(0.1) and lead["lo"] == pytest.approx(0.1) and lead["hi"] == pytest.approx(0.1)
+    apart = iqm_interval(b + 0.1)["lo"] - iqm_interval(b)["hi"]
+    assert apart < 0  # unpaired, the two intervals overlap: pairing is what shows the lead
+    assert iqm_difference(b[:1], b[:1])["lo"] is None
+    row = lambda method, selection, shift: {"regime": "mff", "start": "shared", "method": method,  # noqa: E731
+                                            "selection_score": selection, "iqm": iqm_interval(b + shift)}
+    board = [row("ties", 50.0, 0.2), row("average", 60.0, 0.0), row("dare", 70.0, 0.05), row("tsv", 70.0, 0.3)]
+    (w,) = cell_winners(board)
+    assert (w["method"], w["runner_up"]) == ("dare", "tsv")  # the selection score decides; a tie goes by name
+    assert w["over_runner_up"]["mean"] == pytest.approx(-0.25) and w["over_average"]["mean"] == pytest.approx(0.05)
+    assert cell_winners([row("average", 1.0, 0.0)])[0]["over_average"] is None
+
+
 def test_the_longest_chain_of_work_starts_first():
     """Of the artifacts ready to start, a DT with evaluations waiting on it goes before a lone
     evaluation listed ahead of it, so a long training is not left for the end."""

@@ -157,19 +157,62 @@ def merged_returns(results: dict, regime: str, method: str, start: str, seed: in
     return {t: common.mean_return(results[f"{method}|{start}|{t}|{seed}"]) for t in TASKS}
 
 
+def _stratified_picks(scores: np.ndarray, seed: int) -> np.ndarray:
+    """Bootstrap resamples of a (seeds, tasks) array's seeds, drawn with replacement within each
+    task (rliable's stratified scheme; Agarwal et al., 2021): (RESAMPLES, seeds, tasks) indices."""
+    n, tasks = scores.shape
+    return np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n, tasks))
+
+
+def _resampled_iqms(scores: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    resampled = np.take_along_axis(scores[None].repeat(RESAMPLES, 0), picks, axis=1)
+    return trim_mean(resampled.reshape(RESAMPLES, -1), 0.25, axis=1)
+
+
 def iqm_interval(scores: np.ndarray, seed: int = 0) -> dict:
-    """IQM of a (seeds, tasks) array of normalised scores and its 95% stratified bootstrap interval:
-    seeds resampled with replacement within each task (rliable's scheme; Agarwal et al., 2021)."""
-    rng = np.random.default_rng(seed)
+    """IQM of a (seeds, tasks) array of normalised scores and its 95% stratified bootstrap interval."""
     point = float(trim_mean(scores.ravel(), 0.25))
     n = scores.shape[0]
     if n < 2:
         return {"mean": point, "lo": None, "hi": None, "values": scores.tolist(), "n": n}
-    picks = rng.integers(0, n, size=(RESAMPLES, n, scores.shape[1]))
-    resampled = np.take_along_axis(scores[None].repeat(RESAMPLES, 0), picks, axis=1)
-    stats = trim_mean(resampled.reshape(RESAMPLES, -1), 0.25, axis=1)
-    lo, hi = np.percentile(stats, [2.5, 97.5])
+    lo, hi = np.percentile(_resampled_iqms(scores, _stratified_picks(scores, seed)), [2.5, 97.5])
     return {"mean": point, "lo": float(lo), "hi": float(hi), "values": scores.tolist(), "n": n}
+
+
+def iqm_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
+    """IQM(a) - IQM(b) of two (seeds, tasks) arrays of the same seeds and tasks, with a 95% interval
+    from one stratified bootstrap that resamples both alike: a seed's two entries stay a pair, so
+    what the seeds share (their base models) is not counted as noise."""
+    point = float(trim_mean(a.ravel(), 0.25) - trim_mean(b.ravel(), 0.25))
+    n = a.shape[0]
+    if n < 2:
+        return {"mean": point, "lo": None, "hi": None, "n": n}
+    picks = _stratified_picks(a, seed)
+    lo, hi = np.percentile(_resampled_iqms(a, picks) - _resampled_iqms(b, picks), [2.5, 97.5])
+    return {"mean": point, "lo": float(lo), "hi": float(hi), "n": n}
+
+
+def cell_winners(board: list[dict]) -> list[dict]:
+    """Each (regime, start) cell's winner: the entry with the highest selection score (so the
+    held-out IQM it is reported with is not also the one it was picked on), its held-out IQM, and
+    how far it is ahead of the cell's next entry by selection score and of plain averaging, each
+    as a paired IQM difference with its interval."""
+    winners = []
+    for regime in REGIMES:
+        for start in STARTS:
+            cell = sorted((r for r in board if r["regime"] == regime and r["start"] == start),
+                          key=lambda r: (-r["selection_score"], r["method"]))  # ties by name, not held-out score
+            if not cell:
+                continue
+            first = cell[0]
+            ahead = lambda other: iqm_difference(np.array(first["iqm"]["values"]),  # noqa: E731
+                                                 np.array(other["iqm"]["values"]))
+            average = next((r for r in cell if r["method"] == "average"), None)
+            winners.append({"regime": regime, "start": start, "method": first["method"], "iqm": first["iqm"],
+                            "runner_up": cell[1]["method"] if len(cell) > 1 else None,
+                            "over_runner_up": ahead(cell[1]) if len(cell) > 1 else None,
+                            "over_average": ahead(average) if average is not None and average is not first else None})
+    return winners
 
 
 def report(scale: Scale, results: dict, out: Path) -> dict:
@@ -229,6 +272,17 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                          f"{common.show(row['iqm'], 3)} | {common.show(defaults, 3) if defaults else '–'} | "
                          + " | ".join(f"{row['per_task'][t]:.2f}" for t in TASKS)
                          + f" | {row['selection_score']:.1f} | {f'{pct:.1f}%' if pct is not None else '–'} |")
+    winners = cell_winners(board)
+    table += ["", "## Winners", "", "Each cell's entry with the highest selection score, its held-out IQM, and its "
+              "lead (a paired IQM difference, seeds resampled alike) over the cell's next entry by selection score "
+              "and over plain averaging; a lead whose interval lies above 0 is one the seeds show.", "",
+              "| regime | start | winner | IQM of return / expert | next by selection score | lead | "
+              "lead over average |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for w in winners:
+        lead, over = w["over_runner_up"], w["over_average"]
+        table.append(f"| {REGIMES[w['regime']]} | {STARTS[w['start']]} | {w['method']} | {common.show(w['iqm'], 3)} | "
+                     f"{w['runner_up'] or '–'} | {common.show(lead, 3) if lead else '–'} | "
+                     f"{common.show(over, 3) if over else '– (average itself)'} |")
     table += common.base_table(base)
 
     def draw(axes):
@@ -250,7 +304,7 @@ def report(scale: Scale, results: dict, out: Path) -> dict:
                               "dash-dot: the aim)", fontsize=7)
                 ax.set_title(f"{'MFF' if regime == 'mff' else regime}: {STARTS[start]} ({scale.name})", fontsize=8)
 
-    summary = {"leaderboard": board, "multi_task": multi, "base_models": base, "returns": returns}
+    summary = {"leaderboard": board, "winners": winners, "multi_task": multi, "base_models": base, "returns": returns}
     return common.publish(out, NAME, scale, summary, table, draw, panels=(len(REGIMES), len(STARTS)))
 
 
