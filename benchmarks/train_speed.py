@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 from common import report
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dtmerge.data import WindowSampler
 from dtmerge.data.rollout import random_policy, rollout
@@ -111,17 +112,48 @@ def time_steps(model, get_batch, precision, steps, warmup=5):
             "ms_batch_building": 1000 * np.median(sample_times), "precision": precision}
 
 
+class _RecordMatmuls(TorchDispatchMode):
+    """Every matrix product an fp32 step dispatches (forward and backward), with its operands'
+    shapes and strides, to be replayed alone."""
+
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.calls.append((func, [(a.shape, a.stride()) if isinstance(a, torch.Tensor) else a for a in args]))
+        return func(*args, **(kwargs or {}))
+
+
+def replay_seconds(calls, repeats: int) -> float:
+    """What the step's matmuls cost with nothing else in the step: each recorded product run alone on
+    random operands of its shapes and strides, its best time over `repeats` (as the peak is taken),
+    summed over the products."""
+    total = 0.0
+    for func, args in calls:
+        operands = [torch.empty_strided(a[0], a[1]).normal_() if isinstance(a, tuple) else a for a in args]
+        func(*operands)  # warm up
+        total += min(_timed(lambda: func(*operands)) for _ in range(repeats))
+    return total
+
+
 def share_of_matmul_peak(cfg: DTConfig, batch: dict, steps_per_s: float, repeats: int = 20) -> dict:
     """The fp32 step's achieved GFLOP/s (the matrix-product FLOPs of its forward and backward, counted by
     torch's FlopCounterMode) against what a plain fp32 matrix product reaches on the same threads, in
-    this run: the best of a square 1024 product and the trunk's largest one (B*3K x 128 @ 128 x 512)."""
+    this run: the best of a square 1024 product and the trunk's largest one (B*3K x 128 @ 128 x 512).
+    Also the ceiling: the step's own products replayed alone, at their shapes, as a share of that peak
+    (the step cannot do better than its matmuls do without everything else)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = DecisionTransformer(cfg).train()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, _RecordMatmuls() as recorded:
         pred = model(batch["states"], batch["actions"], batch["returns_to_go"], batch["timesteps"], batch["mask"])
         action_mse(pred, batch).backward()
     flops = counter.get_total_flops()
+    alone = flops / replay_seconds(recorded.calls, repeats) / 1e9
     rows = batch["states"].shape[0] * batch["states"].shape[1] * 3
     peak = 0.0
     for m, k, n in ((1024, 1024, 1024), (rows, cfg.n_embd, 4 * cfg.n_embd)):
@@ -131,7 +163,8 @@ def share_of_matmul_peak(cfg: DTConfig, batch: dict, steps_per_s: float, repeats
         peak = max(peak, 2 * m * k * n / best / 1e9)
     achieved = flops * steps_per_s / 1e9
     return {"step_gflop": flops / 1e9, "step_gflops_per_s": achieved, "matmul_peak_gflops_per_s": peak,
-            "share_of_peak": achieved / peak, "target_share": 0.75}
+            "share_of_peak": achieved / peak, "target_share": 0.75, "matmul_calls": len(recorded.calls),
+            "matmuls_alone_gflops_per_s": alone, "matmuls_alone_share_of_peak": alone / peak}
 
 
 def _timed(fn) -> float:
