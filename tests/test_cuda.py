@@ -79,3 +79,27 @@ def test_a_batched_cuda_run_resumes_exactly(tmp_path, hopper_file):
     for x, y in zip(whole, resumed):
         a, b = load_file(x / "model.safetensors"), load_file(y / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_acting_through_a_cuda_graph_predicts_what_the_cpu_does(hopper):
+    """On CUDA a policy acts on static shapes through a captured graph; its actions equal the CPU's
+    live-window ones within float rounding (fp32, no TF32)."""
+    import copy
+
+    import numpy as np
+    from test_train import act_alike
+
+    from dtmerge.evaluate import DTPolicy
+    from dtmerge.model import DecisionTransformer, DTConfig
+
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    runtime.make_deterministic(torch.device("cuda"))
+    targets = np.array([3600.0, 1800.0, 900.0])
+    cpu = DTPolicy(model, hopper, np.zeros(11), np.ones(11), targets, 1000.0, "cpu", "fp32")
+    gpu = DTPolicy(copy.deepcopy(model).to("cuda"), hopper, np.zeros(11), np.ones(11), targets, 1000.0, "cuda",
+                   "fp32")
+    steps = act_alike([cpu, gpu], TINY["context_len"] + 5)
+    assert gpu.static and gpu.graph is not None
+    for a, b in steps:
+        np.testing.assert_allclose(a, b, atol=1e-4)

@@ -160,6 +160,38 @@ def test_evaluation_matches_one_episode_at_a_time(hopper):
         assert single["returns"][0] == pytest.approx(batched["returns"][i], rel=1e-5)
 
 
+def act_alike(policies, steps: int, seed: int = 0):
+    """Feed each policy the same observations and rewards, one episode ending early, and return
+    their actions per step (live episodes only, as `run_episodes` asks)."""
+    rng, n = np.random.default_rng(seed), policies[0].states.shape[0]
+    live, taken = np.ones(n, bool), []
+    for t in range(steps):
+        live[1] = t < 3
+        obs = rng.normal(size=(n, policies[0].states.shape[2])).astype(np.float32)
+        taken.append([p.act(obs, live, t) for p in policies])
+        reward = rng.normal(size=n)
+        for p in policies:
+            p.observe(reward, t)
+    return taken
+
+
+def test_acting_on_static_shapes_predicts_what_live_windows_do(hopper):
+    """The CUDA way of acting (every episode a full K-step window, the padding masked, finished
+    episodes computed and ignored) gives the actions the CPU way (live episodes, unpadded) does,
+    through the first K steps, where windows are padded, and after."""
+    from dtmerge.evaluate import DTPolicy
+
+    torch.manual_seed(0)
+    model = DecisionTransformer(DTConfig(state_dim=11, act_dim=3, **TINY))
+    targets = np.array([3600.0, 1800.0, 900.0])
+    live_only, static = (DTPolicy(model, hopper, np.zeros(11), np.ones(11), targets, 1000.0, "cpu", "fp32",
+                                  static=s) for s in (False, True))
+    assert static.graph is None and not live_only.static  # a CPU acts on live windows unless told
+    for t, (a, b) in enumerate(act_alike([live_only, static], TINY["context_len"] + 5)):
+        assert a.shape == b.shape == (3 if t < 3 else 2, 3)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_train_command_writes_eval_json(tmp_path, hopper_file):
     from click.testing import CliRunner
 

@@ -10,6 +10,7 @@ auto-resetting evaluation loops do. Episode i of every RTG target starts from re
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -73,37 +74,95 @@ class DTPolicy:
     """A Decision Transformer acting in many episodes at once, with DT's RTG bookkeeping.
 
     The context is the last K steps; the return-to-go starts at the target / scale and drops by
-    reward / scale after every step. Windows shorter than K are fed unpadded, which gives the
-    same predictions as masked left padding.
+    reward / scale after every step. Histories are stored behind K - 1 padding steps, so a window
+    is one slice of them. By default (`static` False, the CPU's way) windows shorter than K are fed
+    unpadded and only live episodes are computed, which gives the same predictions as masked left
+    padding at the least work. `static` (the default on CUDA) feeds every episode a full K-step
+    window, the padding masked, finished episodes computed and ignored: the same shapes every step,
+    so the forward is captured once as a CUDA graph and replayed (one launch a step instead of some
+    hundred kernels for a model this small, which a GPU spends its time launching).
     """
 
     def __init__(self, model: DecisionTransformer, task: Task, state_mean, state_std, targets: np.ndarray,
-                 rtg_scale: float, device, precision: str):
+                 rtg_scale: float, device, precision: str, static: bool | None = None):
+        self.device = torch.device(device)
         n, T = len(targets), task.max_episode_steps
-        self.model, self.device, self.precision, self.scale = model.eval(), device, precision, rtg_scale
+        self.model, self.precision, self.scale = model.eval(), precision, rtg_scale
         self.K = model.config.context_len
+        self.pad = self.K - 1
+        self.static = self.device.type == "cuda" if static is None else static
         self.mean = torch.as_tensor(np.asarray(state_mean), dtype=torch.float32, device=device)
         self.std = torch.as_tensor(np.asarray(state_std), dtype=torch.float32, device=device)
-        self.states = torch.zeros(n, T, task.obs_dim, device=device)
-        self.actions = torch.zeros(n, T, task.act_dim, device=device)
-        self.rtg = torch.zeros(n, T, 1, device=device)
-        self.rtg[:, 0, 0] = torch.as_tensor(targets / rtg_scale, dtype=torch.float32)
-        self.timesteps = torch.arange(T, device=device)
+        self.states = torch.zeros(n, self.pad + T, task.obs_dim, device=device)
+        self.actions = torch.zeros(n, self.pad + T, task.act_dim, device=device)
+        self.rtg = torch.zeros(n, self.pad + T, 1, device=device)
+        self.rtg[:, self.pad, 0] = torch.as_tensor(targets / rtg_scale, dtype=torch.float32)
+        self.timesteps = torch.cat([torch.zeros(self.pad, dtype=torch.long), torch.arange(T)]).to(device)
+        self.real = torch.arange(self.pad + T, device=device) >= self.pad  # False on the padding steps
+        self.window = None  # static: the model's inputs, at fixed addresses a CUDA graph reads
+        self.graph = None
 
     def act(self, obs, live, t):
-        self.states[:, t] = (torch.as_tensor(obs, dtype=torch.float32, device=self.device) - self.mean) / self.std
+        p = self.pad + t
+        self.states[:, p] = (torch.as_tensor(obs, dtype=torch.float32, device=self.device) - self.mean) / self.std
         idx = torch.as_tensor(np.flatnonzero(live), device=self.device)
-        lo = max(0, t - self.K + 1)
+        if self.static:
+            self.actions[:, p] = self._static_forward(slice(p - self.K + 1, p + 1))
+            return self.actions[idx, p].cpu().numpy()
+        lo = max(self.pad, p - self.K + 1)
         with torch.inference_mode(), autocast(self.device, self.precision):
-            pred = self.model(self.states[idx, lo:t + 1], self.actions[idx, lo:t + 1], self.rtg[idx, lo:t + 1],
-                              self.timesteps[lo:t + 1].expand(len(idx), -1), last_only=True)[:, -1].float()
-        self.actions[idx, t] = pred
+            pred = self.model(self.states[idx, lo:p + 1], self.actions[idx, lo:p + 1], self.rtg[idx, lo:p + 1],
+                              self.timesteps[lo:p + 1].expand(len(idx), -1), last_only=True)[:, -1].float()
+        self.actions[idx, p] = pred
         return pred.cpu().numpy()
 
+    def _static_forward(self, steps: slice) -> torch.Tensor:
+        """Every episode's action for the window `steps`, through the captured graph on CUDA."""
+        n = self.states.shape[0]
+        fresh = {"states": self.states[:, steps], "actions": self.actions[:, steps], "rtg": self.rtg[:, steps],
+                 "timesteps": self.timesteps[steps].expand(n, -1), "mask": self.real[steps].expand(n, -1)}
+        if self.window is None:
+            self.window = {k: v.clone() for k, v in fresh.items()}
+            if self.device.type == "cuda":
+                self._capture()
+        else:
+            for k, v in fresh.items():
+                self.window[k].copy_(v)
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.out.clone()
+
+    def _forward(self) -> torch.Tensor:
+        w = self.window
+        # autocast's weight cache off: a graph must not keep casts made while it was captured
+        with torch.no_grad(), autocast(self.device, self.precision, cache_enabled=self.device.type != "cuda"):
+            return self.model(w["states"], w["actions"], w["rtg"], w["timesteps"], w["mask"],
+                              last_only=True)[:, -1].float()
+
+    def _capture(self) -> None:
+        """Record the forward as a CUDA graph (after warm-up passes on a side stream, as CUDA graphs
+        need); where capture fails, warn and go on without one: the same shapes, run eagerly."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out = self._forward()
+            self.graph = graph
+        except RuntimeError as e:
+            torch.cuda.synchronize(self.device)
+            warnings.warn(f"evaluation: could not capture the forward as a CUDA graph ({e}); running it eagerly")
+
     def observe(self, reward, t):
-        if t + 1 < self.rtg.shape[1]:
+        p = self.pad + t
+        if p + 1 < self.rtg.shape[1]:
             r = torch.as_tensor(reward / self.scale, dtype=torch.float32, device=self.device)
-            self.rtg[:, t + 1, 0] = self.rtg[:, t, 0] - r
+            self.rtg[:, p + 1, 0] = self.rtg[:, p, 0] - r
 
 
 def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targets=None, episodes: int = 10,

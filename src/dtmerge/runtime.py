@@ -83,9 +83,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
