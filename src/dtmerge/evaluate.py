@@ -141,22 +141,24 @@ class DTPolicy:
                               last_only=True)[:, -1].float()
 
     def _capture(self) -> None:
-        """Record the forward as a CUDA graph (after warm-up passes on a side stream, as CUDA graphs
-        need); where capture fails, warn and go on without one: the same shapes, run eagerly."""
+        """Record the forward as a CUDA graph, after warm-up passes, all on a side stream of the
+        policy's device (as CUDA graphs need; the outer stream context restores the caller's stream
+        even if the capture fails); where capture fails, warn and go on without one: the same
+        shapes, run eagerly."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(side):
+            with torch.cuda.device(self.device), torch.cuda.stream(side):
                 for _ in range(3):
                     self._forward()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.out = self._forward()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=side):
+                    self.out = self._forward()
             self.graph = graph
         except RuntimeError as e:
             torch.cuda.synchronize(self.device)
             warnings.warn(f"evaluation: could not capture the forward as a CUDA graph ({e}); running it eagerly")
+        torch.cuda.current_stream(self.device).wait_stream(side)
 
     def observe(self, reward, t):
         p = self.pad + t
