@@ -169,8 +169,9 @@ class DTPolicy:
 
 def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targets=None, episodes: int = 10,
              seed: int = 0, rtg_scale: float = 1000.0, device="cpu", precision: str = "auto",
-             progress: bool = True, max_steps: int | None = None) -> dict:
-    """Roll out `episodes` episodes per RTG target; returns per-target returns, scores and timing."""
+             progress: bool = True, max_steps: int | None = None, static_shapes: bool | None = None) -> dict:
+    """Roll out `episodes` episodes per RTG target; returns per-target returns, scores and timing.
+    `static_shapes` (default: on CUDA only) acts on full windows through a CUDA graph (`DTPolicy`)."""
     if episodes < 1:
         raise DtmergeError(f"episodes must be at least 1, got {episodes}")
     device = pick_device(str(device))
@@ -180,7 +181,7 @@ def evaluate(model: DecisionTransformer, task: Task, state_mean, state_std, targ
     if not all(np.isfinite(targets)):
         raise DtmergeError(f"RTG targets must be finite numbers, got {targets}")
     policy = DTPolicy(model.to(device), task, state_mean, state_std, np.repeat(targets, episodes), rtg_scale,
-                      device, precision)
+                      device, precision, static_shapes)
     seeds = [seed + i for _ in targets for i in range(episodes)]
     run = run_episodes(task, seeds, policy, progress, desc=f"eval {task.name}", max_steps=max_steps)
     per_target = []
