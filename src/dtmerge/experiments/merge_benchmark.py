@@ -192,6 +192,12 @@ def iqm_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict:
     return {"mean": point, "lo": float(lo), "hi": float(hi), "n": n}
 
 
+def by_selection(entries) -> list[dict]:
+    """Entries best first by selection score, ties by method name (never by the held-out score
+    they are then judged on)."""
+    return sorted(entries, key=lambda r: (-r["selection_score"], r["method"]))
+
+
 def cell_winners(board: list[dict]) -> list[dict]:
     """Each (regime, start) cell's winner: the entry with the highest selection score (so the
     held-out IQM it is reported with is not also the one it was picked on), its held-out IQM, and
@@ -200,8 +206,7 @@ def cell_winners(board: list[dict]) -> list[dict]:
     winners = []
     for regime in REGIMES:
         for start in STARTS:
-            cell = sorted((r for r in board if r["regime"] == regime and r["start"] == start),
-                          key=lambda r: (-r["selection_score"], r["method"]))  # ties by name, not held-out score
+            cell = by_selection(r for r in board if r["regime"] == regime and r["start"] == start)
             if not cell:
                 continue
             first = cell[0]
@@ -316,7 +321,7 @@ def findings(summary: dict) -> list[dict]:
     most, keep = MFF_AIM
 
     def judged(entries, aim):
-        best = max(entries, key=lambda r: r["selection_score"])
+        best = by_selection(entries)[0]
         others = sorted(entries, key=lambda r: -r["iqm"]["mean"])
         below = ", ".join(f"{r['method']} ({r['start']}) {r['iqm']['mean'] - aim:+.2f}" for r in others[:5])
         return best, (f"chosen on selection episodes: {best['method']} from {STARTS[best['start']]}, IQM "
